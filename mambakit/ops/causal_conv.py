@@ -1,0 +1,77 @@
+"""Causal depthwise 1-D convolution, for whole sequences and for one step at a time.
+
+Shape letters: b batch, d channels, l length, k kernel width (``d_conv``).
+
+The mixer convolves each channel with its own width-k filter over the current and the k-1
+previous inputs. During generation the last k inputs are kept as a window, so one new token
+costs O(d * k) whatever the length of the context.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    window: torch.Tensor | None = None,
+    activation: bool = True,
+) -> torch.Tensor:
+    """Convolve ``x`` causally per channel, optionally continuing from a window of past inputs.
+
+    Args:
+        x: (b, d, l) inputs.
+        weight: (d, k) filters.
+        bias: (d,) or None.
+        window: (b, d, k) the last k raw inputs before ``x`` (a generation cache), or None for
+            zeros, which is the causal padding of a sequence that starts here.
+        activation: apply SiLU to the output.
+
+    Returns:
+        (b, d, l) outputs.
+    """
+    width = weight.shape[1]
+    if window is None:
+        padded = F.pad(x, (width - 1, 0))
+    else:
+        padded = torch.cat([window[:, :, 1:].to(x.dtype), x], dim=2)
+    out = F.conv1d(padded, weight.unsqueeze(1), bias, groups=weight.shape[0])
+    return F.silu(out) if activation else out
+
+
+def update_window(window: torch.Tensor, x: torch.Tensor) -> None:
+    """Shift the inputs ``x`` (b, d, l) into the end of ``window`` (b, d, k) in place."""
+    width = window.shape[2]
+    length = x.shape[2]
+    if length >= width:
+        window.copy_(x[:, :, -width:])
+    else:
+        window.copy_(torch.cat([window[:, :, length:], x.to(window.dtype)], dim=2))
+
+
+def causal_conv1d_step(
+    x: torch.Tensor,
+    window: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: bool = True,
+) -> torch.Tensor:
+    """Advance the convolution by one input, updating ``window`` in place.
+
+    Args:
+        x: (b, d) the new input.
+        window: (b, d, k) the last k inputs; its oldest entry is dropped and ``x`` appended.
+        weight: (d, k).  bias: (d,) or None.
+
+    Returns:
+        (b, d) output for this step.
+    """
+    window.copy_(torch.roll(window, shifts=-1, dims=2))
+    window[:, :, -1] = x
+    out = torch.einsum("bdk,dk->bd", window, weight)
+    if bias is not None:
+        out = out + bias
+    return F.silu(out) if activation else out
