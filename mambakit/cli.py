@@ -1,4 +1,4 @@
-"""Command line: ``mambakit generate | info | train | tokenizer train | corpus build``."""
+"""Command line: ``mambakit generate | info | train | tokenizer train | data prepare | corpus build | bench | tasks``."""
 
 from __future__ import annotations
 
@@ -104,24 +104,6 @@ def _command_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_train(args: argparse.Namespace) -> int:
-    from mambakit.train.trainer import TrainConfig, train
-
-    settings = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    summary = train(TrainConfig(**settings), resume=args.resume, progress=not args.no_progress)
-    print(json.dumps({k: v for k, v in summary.items() if k != "train_losses"}, indent=2))
-    return 0
-
-
-def _command_tokenizer_train(args: argparse.Namespace) -> int:
-    from mambakit.tokenizer import train_tokenizer
-    from mambakit.train.data import expand_paths
-
-    tokenizer = train_tokenizer(expand_paths(args.data), args.vocab_size, out_dir=args.out)
-    print(f"trained a byte-level BPE tokenizer with {tokenizer.vocab_size} entries in {args.out}")
-    return 0
-
-
 def _command_corpus_build(args: argparse.Namespace) -> int:
     from mambakit.data.corpus import build_default_corpus
 
@@ -153,34 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("path", nargs="?", help="model folder (default: the bundled model)")
     info.set_defaults(handler=_command_info)
 
-    train = commands.add_parser("train", help="train a language model on text files")
-    train.add_argument("--data", nargs="+", required=True, help="UTF-8 text files or folders of .txt files")
-    train.add_argument("--out", required=True, help="output folder for checkpoints, metrics and the model")
-    train.add_argument("--tokenizer", help="tokenizer folder; default trains a byte-level BPE on --data")
-    train.add_argument("--vocab-size", type=int, help="vocabulary of the tokenizer trained when --tokenizer is absent")
-    for name, kind, text in [
-        ("d-model", int, "model width"), ("n-layer", int, "number of blocks"), ("d-state", int, "SSM state size"),
-        ("steps", int, "optimizer steps"), ("batch-size", int, "sequences per micro-batch"),
-        ("seq-len", int, "tokens per sequence"), ("grad-accum", int, "micro-batches per step"),
-        ("lr", float, "peak learning rate"), ("warmup-steps", int, "linear warmup steps"),
-        ("weight-decay", float, "AdamW weight decay"), ("grad-clip", float, "gradient norm clip"),
-        ("eval-every", int, "steps between validations"), ("log-every", int, "steps between metric records"), ("checkpoint-every", int, "steps between checkpoints"),
-        ("keep-checkpoints", int, "checkpoints to keep"), ("validation-fraction", float, "share of documents held out"),
-        ("seed", int, "random seed"),
-    ]:
-        train.add_argument(f"--{name}", type=kind, help=text)
-    train.add_argument("--backend", choices=["auto", "reference", "cpu"], help="selective-scan backend")
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    train.set_defaults(handler=_command_train)
+    # train, tokenizer and data live beside their code, like bench and tasks below.
+    from mambakit.train.cli import add_data_parser, add_tokenizer_parser, add_train_parser
 
-    tokenizer = commands.add_parser("tokenizer", help="tokenizer tools")
-    tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
-    tokenizer_train = tokenizer_commands.add_parser("train", help="train a byte-level BPE tokenizer")
-    tokenizer_train.add_argument("--data", nargs="+", required=True, help="UTF-8 text files or folders")
-    tokenizer_train.add_argument("--vocab-size", type=int, required=True, help="vocabulary size")
-    tokenizer_train.add_argument("--out", required=True, help="output folder")
-    tokenizer_train.set_defaults(handler=_command_tokenizer_train)
+    add_train_parser(commands)
+    add_tokenizer_parser(commands)
+    add_data_parser(commands)
 
     corpus = commands.add_parser("corpus", help="training corpora")
     corpus_commands = corpus.add_subparsers(dest="corpus_command", required=True)
@@ -190,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     corpus_build.add_argument("--out", required=True, help="output folder")
     corpus_build.add_argument("--seed", type=int, default=0, help="shuffle seed")
     corpus_build.set_defaults(handler=_command_corpus_build)
+
+    # These commands live beside their code; their modules import torch only when run.
+    from mambakit.bench.scaling import add_bench_parser
+    from mambakit.tasks.cli import add_tasks_parser
+
+    add_bench_parser(commands)
+    add_tasks_parser(commands)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Checkpoint I/O: strict loading of both published layouts, and atomic safetensors saving.
 
-A model folder holds ``config.json`` plus weights in one of these files:
+A model folder contains ``config.json`` plus weights in one of these files:
 ``model.safetensors``, ``pytorch_model.bin``, or a sharded set named by
 ``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``. A ModelScope snapshot
 (``AI-ModelScope/mamba-130m``, with dots in names written as ``___``) is an ordinary folder.
@@ -153,6 +153,12 @@ def load_pretrained(path, dtype=None, device=None):
     return model
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str, write) -> None:
     """Write via a temporary file in the same folder and rename it, so a crash never leaves half a file."""
     folder = os.path.dirname(path) or "."
@@ -160,6 +166,8 @@ def _atomic_write(path: str, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        # mkstemp creates the file readable by its owner only; give it the usual umask mode.
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

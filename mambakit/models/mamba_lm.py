@@ -36,9 +36,20 @@ class MambaBackbone(nn.Module):
 
 def _build_mixer(config: MambaConfig, layer_idx: int) -> nn.Module | None:
     if config.mixer == "s4d":
-        from mambakit.ssm.lti import S4DLayer
+        # The LTI baseline keeps the Mamba mixer's gated structure and width and swaps only the
+        # selective scan for S4D, so the two mixers differ in selection alone.
+        from mambakit.ssm.lti import S4DMixer
 
-        return S4DLayer(config.d_model, d_state=config.d_state)
+        return S4DMixer(
+            config.d_model,
+            config.d_inner,
+            d_state=config.d_state,
+            d_conv=config.d_conv,
+            dt_min=config.dt_min,
+            dt_max=config.dt_max,
+            conv_bias=config.conv_bias,
+            bias=config.bias,
+        )
     return None  # MambaBlock builds the Mamba mixer
 
 
@@ -125,7 +136,7 @@ class Mamba(nn.Module):
         self._check_ids(input_ids)
         if cache is not None and cache.batch_size != input_ids.shape[0]:
             raise ValueError(
-                f"cache holds {cache.batch_size} sequences but input_ids has batch {input_ids.shape[0]}"
+                f"cache contains {cache.batch_size} sequences but input_ids has batch {input_ids.shape[0]}"
             )
         backend = backend or self.scan_backend
 
@@ -147,14 +158,15 @@ class Mamba(nn.Module):
         return self.lm_head(hidden)
 
     @torch.no_grad()
-    def step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+    def step(self, input_ids: torch.Tensor, cache: InferenceCache, backend: str | None = None) -> torch.Tensor:
         """Consume one token per sequence, (b,) ids, and return next-token logits (b, V)."""
         if input_ids.dim() != 1:
             raise ValueError(f"step takes one token per sequence, shape (batch,), got {tuple(input_ids.shape)}")
         self._check_ids(input_ids)
+        backend = backend or self.scan_backend
         hidden = self.backbone.embedding(input_ids)
         for index, layer in enumerate(self.backbone.layers):
-            hidden = layer.step(hidden, cache.layer(index))
+            hidden = layer.step(hidden, cache.layer(index), backend=backend)
         cache.seqlen_offset += 1
         return self.lm_head(self.backbone.norm_f(hidden))
 

@@ -52,6 +52,6 @@ class MambaBlock(nn.Module):
         )
         return self._residual(hidden_states) + mixed
 
-    def step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
+    def step(self, hidden_states: torch.Tensor, cache, backend: str = "auto") -> torch.Tensor:
         """Apply the block to one token per sequence, (b, m) -> (b, m), updating ``cache``."""
-        return self._residual(hidden_states) + self.mixer.step(self.norm(hidden_states), cache)
+        return self._residual(hidden_states) + self.mixer.step(self.norm(hidden_states), cache, backend=backend)

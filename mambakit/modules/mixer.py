@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from mambakit.config import MambaConfig
 from mambakit.ops.causal_conv import causal_conv1d, causal_conv1d_step, update_window
-from mambakit.ops.selective_scan import selective_scan, selective_state_update_reference
+from mambakit.ops.selective_scan import selective_scan, selective_state_update
 
 # Parameters that stay in fp32 when the rest of the model is cast to half precision: A_log and
 # D enter exp() and the state directly, and the dt bias sets the time scale of every channel.
@@ -144,12 +144,15 @@ class MambaMixer(nn.Module):
             y = result
         return self.out_proj(y)
 
-    def step(self, hidden_states: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def step(
+        self, hidden_states: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor], backend: str = "auto"
+    ) -> torch.Tensor:
         """Mix one token per sequence, updating the cache in place.
 
         Args:
             hidden_states: (b, m).
             cache: (window (b, d, k), state (b, d, n)) of this layer.
+            backend: backend of the state update, see ``mambakit.ops.selective_scan``.
 
         Returns:
             (b, m).
@@ -159,7 +162,7 @@ class MambaMixer(nn.Module):
         x = causal_conv1d_step(x, window, self.conv1d.weight[:, 0, :], self.conv1d.bias)
         dt, B, C = self._split_projection(x)
         A = -torch.exp(self.A_log.float())
-        y = selective_state_update_reference(
-            state, x, dt, A, B, C, D=self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True
+        y = selective_state_update(
+            state, x, dt, A, B, C, D=self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True, backend=backend
         )
         return self.out_proj(y)

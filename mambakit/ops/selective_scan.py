@@ -16,8 +16,9 @@ and optionally gates the output with ``y_t * silu(z_t)``. ``A`` is diagonal and 
 S4D-Real form Mamba uses), ``exp(dt A)`` is the zero-order-hold discretization of ``A`` and
 ``dt * B`` the simplified (Euler) discretization of ``B`` that Mamba's kernels apply.
 
-Every backend takes the same arguments and returns the same values; ``selective_scan`` picks
-one with ``backend=`` and records which one ran (``last_backend()``).
+Every backend takes the same arguments and returns the same values, except that ``mamba_ssm``
+takes no initial state. ``selective_scan`` picks one with ``backend=`` and records which one ran
+(``last_backend()``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "reference", "cpu")
+BACKENDS = ("auto", "reference", "cpu", "triton", "mamba_ssm")
 
 _last_backend: str | None = None
 _logged_backends: set[str] = set()
@@ -174,6 +175,13 @@ def _warn_once(key: str, message: str, *args) -> None:
         logger.warning(message, *args)
 
 
+def _triton_unavailable_reason(device: torch.device) -> str | None:
+    """Return why the Triton kernels cannot run on ``device``, or None when they can."""
+    from mambakit.ops import selective_scan_triton
+
+    return selective_scan_triton.unavailable_reason(device)
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Return the backend that ``backend`` means for tensors on ``device``."""
     if backend not in BACKENDS:
@@ -181,12 +189,30 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         if device.type == "cpu" and _cpu_scan() is not None:
             return "cpu"
+        if device.type == "cuda":
+            reason = _triton_unavailable_reason(device)
+            if reason is None:
+                return "triton"
+            _warn_once("triton", "Triton scan kernels are unavailable (%s); using the reference scan.", reason)
         return "reference"
     if backend == "cpu":
         if device.type != "cpu":
             raise ValueError(f"scan backend 'cpu' needs CPU tensors, got tensors on {device}; use backend='auto'")
         if _cpu_scan() is None:
             return "reference"
+    if backend == "triton":
+        reason = _triton_unavailable_reason(device)
+        if reason is not None:
+            raise ValueError(f"scan backend 'triton' cannot run on {device}: {reason}")
+    if backend == "mamba_ssm":
+        if device.type != "cuda":
+            raise ValueError(f"scan backend 'mamba_ssm' needs CUDA tensors, got tensors on {device}; use backend='auto'")
+        try:
+            import mamba_ssm  # noqa: F401
+        except ImportError as error:
+            raise ValueError(
+                f"scan backend 'mamba_ssm' needs the mamba_ssm package ({error}); install it or use backend='triton'"
+            ) from error
     return backend
 
 
@@ -219,9 +245,13 @@ def selective_scan(
 ):
     """Run the selective scan with the chosen backend.
 
-    ``backend`` is ``"auto"`` (the CPU kernels for CPU tensors when numba works, the reference
-    otherwise), ``"reference"`` or ``"cpu"``. Arguments, shapes and returns are those of
-    ``selective_scan_reference``.
+    ``backend`` is ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"mamba_ssm"``.
+    ``"auto"`` picks the numba kernels for CPU tensors when numba works, the Triton kernels for
+    CUDA tensors when triton is installed, and the reference otherwise. ``"triton"`` runs on CPU
+    tensors only under triton's interpreter, which ``TRITON_INTERPRET=1`` turns on if it is set
+    before triton is first imported. ``"mamba_ssm"`` calls
+    ``selective_scan_fn`` of the mamba_ssm package on CUDA tensors and takes no
+    ``initial_state``. Arguments, shapes and returns are those of ``selective_scan_reference``.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
     chosen = resolve_backend(backend, u.device)
@@ -236,7 +266,73 @@ def selective_scan(
     )
     if chosen == "cpu":
         return _cpu_scan()(u, delta, A, B, C, **kwargs)
+    if chosen == "triton":
+        from mambakit.ops.selective_scan_triton import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, **kwargs)
+    if chosen == "mamba_ssm":
+        return _mamba_ssm_scan(u, delta, A, B, C, **kwargs)
     return selective_scan_reference(u, delta, A, B, C, **kwargs)
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Advance the scan by one token with the chosen backend, updating ``state`` in place.
+
+    Arguments and returns are those of ``selective_state_update_reference``. The CPU and Triton
+    backends fuse the whole update into one kernel, so a decode step makes one pass over the
+    state instead of one per elementwise op. ``"mamba_ssm"`` falls back to the reference here.
+    """
+    chosen = resolve_backend(backend, state.device)
+    args = (state, x, dt, A, B, C)
+    kwargs = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+    if chosen == "cpu":
+        from mambakit.ops.selective_scan_cpu import selective_state_update_cpu
+
+        return selective_state_update_cpu(*args, **kwargs)
+    if chosen == "triton":
+        from mambakit.ops.selective_scan_triton import selective_state_update_triton
+
+        return selective_state_update_triton(*args, **kwargs)
+    return selective_state_update_reference(*args, **kwargs)
+
+
+def _mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state):
+    """Run ``mamba_ssm``'s ``selective_scan_fn``, which takes channels-first (b, d, l) tensors.
+
+    The (b, l, d) inputs go in as transposed views and y comes back as one. mamba_ssm documents
+    delta_bias as fp32, and A and D are cast to fp32 too, the dtype the mixer keeps them in.
+    It has no initial state.
+    """
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    if initial_state is not None:
+        raise ValueError("scan backend 'mamba_ssm' does not take an initial_state; use backend='triton'")
+
+    def channels_first(tensor):
+        return None if tensor is None else tensor.transpose(1, 2)
+
+    result = selective_scan_fn(
+        channels_first(u), channels_first(delta), A.float(), channels_first(B), channels_first(C),
+        D=None if D is None else D.float(), z=channels_first(z),
+        delta_bias=None if delta_bias is None else delta_bias.float(),
+        delta_softplus=delta_softplus, return_last_state=return_final_state,
+    )  # fmt: skip
+    if return_final_state:
+        y, final_state = result
+        return y.transpose(1, 2), final_state.float()
+    return result.transpose(1, 2)
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:

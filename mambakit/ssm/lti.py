@@ -36,7 +36,11 @@ contributions to a real input are conjugates too, so the layer keeps N/2 modes a
 The SSM output then passes through the S4D output block: GELU, dropout, then a linear map
 from H to 2H channels and a gated linear unit (GLU). The GLU multiplies one half of those
 channels by the sigmoid of the other half. Input and output are both (batch, L, d_model), so the
-layer can stand in for a sequence mixer.
+layer can stand in for a sequence mixer. ``output_block=False`` leaves the block out.
+
+``S4DMixer`` puts the SSM (without its output block) into the structure of a Mamba mixer, so a
+language model can swap the selective scan for an LTI SSM and keep everything else the same.
+Its extra shape letters are m ``d_model`` and d ``d_inner``, the channels of the SSM there.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ class S4DLayer(nn.Module):
         real: keep A real. Only ``"s4d-real"`` has a useful real part, because S4D-Lin and
             S4D-Inv share the real part -1/2 and differ only in their imaginary parts.
         dropout: dropout probability after the GELU.
+        output_block: apply GELU, dropout, the H -> 2H linear map and the GLU after the SSM.
+            With False the layer returns the SSM output y = K * u + D u itself.
 
     A is stored as log(-Re A) (and Im A for complex A), so Re A stays negative and every mode
     decays under training. B is initialised to ones and C from a standard normal, as in S4D.
@@ -78,6 +84,7 @@ class S4DLayer(nn.Module):
         init: str = "s4d-lin",
         real: bool = False,
         dropout: float = 0.0,
+        output_block: bool = True,
     ) -> None:
         super().__init__()
         if d_model < 1:
@@ -125,8 +132,12 @@ class S4DLayer(nn.Module):
             self.C = nn.Parameter(torch.view_as_real(torch.randn(H, M, dtype=torch.cfloat)).clone())
         self.D = nn.Parameter(torch.randn(H))
 
+        self.output_block = output_block
         self.dropout = nn.Dropout(dropout)
-        self.output_linear = nn.Linear(H, 2 * H)
+        if output_block:
+            self.output_linear = nn.Linear(H, 2 * H)
+        else:
+            self.register_module("output_linear", None)
 
     def state_matrix(self) -> torch.Tensor:
         """Return A, (H, M), complex unless ``real``."""
@@ -182,6 +193,8 @@ class S4DLayer(nn.Module):
 
     def _output_block(self, y: torch.Tensor) -> torch.Tensor:
         """GELU, dropout, linear to 2H channels and GLU; (..., H) -> (..., H)."""
+        if not self.output_block:
+            return y
         y = self.dropout(F.gelu(y))
         return F.glu(self.output_linear(y), dim=-1)
 
@@ -258,3 +271,123 @@ class S4DLayer(nn.Module):
             y_t, state = self.step(u[:, t], state)
             outputs.append(y_t)
         return torch.stack(outputs, dim=1), state
+
+
+class S4DMixer(nn.Module):
+    """S4D in the structure of a Mamba mixer, (batch, length, d_model) -> (batch, length, d_model).
+
+    Data flow, the same as ``MambaMixer`` except for the SSM:
+
+        in_proj:  (b, l, m) -> x, z (b, l, d) each
+        conv1d:   causal depthwise convolution of x, then SiLU
+        ssm:      S4D on d channels without its output block, y = K * x + D x by FFT
+        gate:     y * silu(z)
+        out_proj: (b, l, d) -> (b, l, m)
+
+    The gated input projection to 2d channels is the block structure of H3 and Mamba. It gives
+    this mixer about as many parameters as a ``MambaMixer`` of the same ``d_model``, ``expand``
+    and ``d_state`` (31616 against 32640 for d_model 64, expand 2, d_state 16). The S4D
+    parameters (A, B, C, Δ per channel) take the place of the selection projections ``x_proj``
+    and ``dt_proj``. S4D's own GELU/GLU output block is left out, because the SiLU gate and
+    ``out_proj`` do its work. So the two mixers at equal width differ only in whether Δ, B and
+    C depend on the input.
+
+    Args:
+        d_model: channels m of the input and output.
+        d_inner: channels d of the SSM, ``expand * d_model`` in a ``MambaConfig``.
+        d_state: real state size N per SSM channel; complex A (the default) keeps N/2 modes.
+        d_conv: width of the causal depthwise convolution.
+        dt_min, dt_max: range of the initial step sizes Δ, drawn log-uniformly per channel.
+        init, real: initialisation and kind of A, as in ``S4DLayer``.
+        conv_bias: give the convolution a bias.
+        bias: give ``in_proj`` and ``out_proj`` biases.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_inner: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        init: str = "s4d-lin",
+        real: bool = False,
+        conv_bias: bool = True,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if d_inner < 1:
+            raise ValueError(f"d_inner must be positive, got {d_inner}")
+        if d_conv < 1:
+            raise ValueError(f"d_conv must be positive, got {d_conv}")
+        self.d_model = d_model
+        self.d_inner = d_inner
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        self.conv1d = nn.Conv1d(
+            d_inner, d_inner, kernel_size=d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias
+        )
+        self.ssm = S4DLayer(
+            d_inner, d_state, dt_min=dt_min, dt_max=dt_max, init=init, real=real, output_block=False
+        )
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+
+        # Weight decay would pull A towards 0 (slower decay) and Δ towards 1, so the state
+        # matrix, the step sizes and B are left out of it, as Mamba leaves out A_log and D.
+        for parameter in (self.ssm.A_log, self.ssm.A_imag, self.ssm.log_dt, self.ssm.B):
+            if parameter is not None:
+                parameter._no_weight_decay = True
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cache: object | None = None,
+        attention_mask: torch.Tensor | None = None,
+        backend: str | None = None,
+    ) -> torch.Tensor:
+        """Mix a whole sequence with the LTI SSM.
+
+        Args:
+            hidden_states: (b, l, m).
+            cache: must be None. The FFT convolution has no recurrent state to continue.
+            attention_mask: (b, l) with 0 at left-padding positions, or None. Masked positions
+                feed zeros into the convolution and the SSM, so they add nothing to later outputs.
+            backend: ignored. It selects a selective-scan backend, and this mixer runs no scan.
+
+        Returns:
+            (b, l, m).
+        """
+        if cache is not None:
+            raise NotImplementedError(_NO_CACHE_MESSAGE)
+        if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.d_model:
+            raise ValueError(
+                f"hidden_states must have shape (batch, length, d_model={self.d_model}), "
+                f"got {tuple(hidden_states.shape)}"
+            )
+
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (b, l, d) each
+        mask = None if attention_mask is None else attention_mask[:, :, None].to(x.dtype)
+        if mask is not None:
+            x = x * mask
+
+        length = x.shape[1]
+        x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)  # causal: drop the tail
+        x = F.silu(x)
+        if mask is not None:
+            x = x * mask
+
+        y = self.ssm(x)
+        y = y * F.silu(z)
+        return self.out_proj(y)
+
+    def step(self, hidden_states: torch.Tensor, cache: object, backend: str = "auto") -> torch.Tensor:
+        """Raise NotImplementedError: one-token decoding needs a cache this mixer does not keep."""
+        raise NotImplementedError(_NO_CACHE_MESSAGE)
+
+
+_NO_CACHE_MESSAGE = (
+    "the s4d mixer runs only as an FFT convolution over a whole sequence and keeps no inference "
+    "cache; call the model without cache= (and without step), or build it with "
+    "MambaConfig(mixer='mamba') for cached, token-by-token generation"
+)

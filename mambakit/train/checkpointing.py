@@ -34,6 +34,12 @@ def list_checkpoints(folder: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(state: dict, folder: str, step: int, keep_last: int = 3) -> str:
     """Write ``state`` for ``step`` atomically, then delete all but the newest ``keep_last``.
 
@@ -46,6 +52,7 @@ def save_checkpoint(state: dict, folder: str, step: int, keep_last: int = 3) -> 
     os.close(handle)
     try:
         torch.save(state, temporary)
+        os.chmod(temporary, 0o666 & ~_current_umask())
         with open(temporary, "rb") as file:
             os.fsync(file.fileno())
         os.replace(temporary, path)

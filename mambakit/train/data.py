@@ -1,70 +1,38 @@
-"""Token data for language-model training: tokenise text files, split, and draw random windows.
+"""Token data for language-model training: tokenise documents, split, and draw random windows.
 
 Documents are joined into one token stream with EOS between them, so the model learns where a
 text ends. Training draws windows of ``seq_len + 1`` tokens at random offsets (inputs and
 next-token targets); validation walks its split in fixed, non-overlapping windows so every
 evaluation sees the same tokens.
+
+``build_splits`` keeps the whole token stream in memory. ``shards.open_shards`` gives the same
+two splits from memory-mapped files written by ``mambakit data prepare``; ``sample_batch`` and
+``validation_batches`` take either, since both support ``len()`` and slicing.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+# read_text_file, split_documents and expand_paths lived here before documents.py; they are
+# re-exported so existing imports keep working.
+from mambakit.train.documents import expand_paths, iter_documents, read_text_file, split_documents  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
 
-def read_text_file(path: str) -> str:
-    """Read a UTF-8 text file; raise ValueError naming the file and offset of invalid bytes."""
-    with open(path, "rb") as handle:
-        raw = handle.read()
-    if b"\x00" in raw[:8192]:
-        raise ValueError(f"{path} looks like a binary file (it contains NUL bytes); pass UTF-8 text files")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{path} is not valid UTF-8 (invalid byte at offset {error.start}); convert it, "
-            "for example with iconv -f GB18030 -t UTF-8"
-        ) from error
-
-
-def split_documents(text: str) -> list[str]:
-    """Split text into documents at blank lines, dropping empty ones."""
-    documents = [block.strip() for block in text.replace("\r\n", "\n").split("\n\n")]
-    return [doc for doc in documents if doc]
-
-
-def expand_paths(paths: list[str]) -> list[str]:
-    """Return the files named by ``paths``, with folders expanded to their .txt files, sorted."""
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = sorted(
-                os.path.join(root, name)
-                for root, _, names in os.walk(path)
-                for name in names
-                if name.endswith((".txt", ".md"))
-            )
-            if not found:
-                raise FileNotFoundError(f"folder {path} contains no .txt or .md files")
-            files.extend(found)
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"training data not found: {path}")
-    if not files:
-        raise ValueError("no training data given; pass text files or folders with --data")
-    return files
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Return the smallest unsigned dtype that stores ids below ``vocab_size``: uint16 or uint32."""
+    return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
 
 
 def tokenize_documents(tokenizer, documents: list[str], eos_token_id: int) -> np.ndarray:
     """Encode documents into one stream with EOS after each; uint16 when the vocabulary allows."""
-    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+    dtype = token_dtype(tokenizer.vocab_size)
     pieces = []
     for ids in tokenizer.encode_batch(documents):
         pieces.append(np.asarray(ids + [eos_token_id], dtype=dtype))
@@ -73,8 +41,23 @@ def tokenize_documents(tokenizer, documents: list[str], eos_token_id: int) -> np
     return np.concatenate(pieces)
 
 
+def split_document_order(n_documents: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle document indices with ``seed`` and return (validation indices, training indices).
+
+    The validation split takes ``round(n_documents * validation_fraction)`` documents, and at
+    least one when the fraction is positive.
+    """
+    order = np.random.default_rng(seed).permutation(n_documents)
+    n_validation = int(round(n_documents * validation_fraction))
+    if validation_fraction > 0:
+        n_validation = max(n_validation, 1)
+    return order[:n_validation], order[n_validation:]
+
+
 @dataclass
 class TokenSplits:
+    """Training and validation token streams: in-memory arrays or ``shards.TokenShards``."""
+
     train: np.ndarray
     validation: np.ndarray
 
@@ -93,18 +76,13 @@ def build_splits(
     if eos is None:
         raise ValueError("the tokenizer has no EOS token; train one with an '<|endoftext|>' special token")
 
-    documents = []
-    for file in expand_paths(paths):
-        documents.extend(split_documents(read_text_file(file)))
+    documents = list(iter_documents(paths))
     if not documents:
         raise ValueError(f"the training files contain no text: {', '.join(paths)}")
 
-    order = np.random.default_rng(seed).permutation(len(documents))
-    n_validation = int(round(len(documents) * validation_fraction))
-    if validation_fraction > 0:
-        n_validation = max(n_validation, 1)
-    validation_docs = [documents[i] for i in order[:n_validation]]
-    train_docs = [documents[i] for i in order[n_validation:]]
+    validation_order, train_order = split_document_order(len(documents), validation_fraction, seed)
+    validation_docs = [documents[i] for i in validation_order]
+    train_docs = [documents[i] for i in train_order]
 
     splits = TokenSplits(
         train=tokenize_documents(tokenizer, train_docs, eos),

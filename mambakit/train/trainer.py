@@ -1,4 +1,9 @@
-"""Language-model training loop: AdamW, warmup + cosine schedule, validation, resumable checkpoints.
+"""Training loop: AdamW, warmup + cosine schedule, validation, resumable checkpoints.
+
+The loop is shared by language modelling (``lm_task``) and sequence classification
+(``classify_task``). It runs in one process, or in each process that ``torchrun`` starts, with
+DDP or FSDP (``distributed``), bf16 autocast (``precision``), per-block activation checkpointing
+and gradient accumulation.
 
 Output folder layout::
 
@@ -6,6 +11,10 @@ Output folder layout::
     OUT/checkpoints/step_*.pt  resumable states, newest K kept
     OUT/metrics.jsonl          one JSON object per logged step and per evaluation
     OUT/model/                 final weights (safetensors, transformers layout) and tokenizer
+
+Only rank 0 writes to OUT. Checkpoints hold full, unsharded state, so a run resumes under any
+number of processes that keeps ``batch_size * grad_accum * processes``. With several machines,
+OUT must be on a file system that all of them read.
 """
 
 from __future__ import annotations
@@ -15,19 +24,25 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from mambakit.config import MambaConfig
-from mambakit.models.mamba_lm import Mamba, parameter_groups
+from mambakit.models.mamba_lm import no_weight_decay_names
+from mambakit.train import distributed
 from mambakit.train.checkpointing import load_latest_checkpoint, save_checkpoint
-from mambakit.train.data import build_splits, sample_batch, validation_batches
+from mambakit.train.full_state import build_optimizer, full_model_state, full_optimizer_state, load_optimizer_state
+from mambakit.train.metrics import plot_losses, truncate_metrics, write_metrics
+from mambakit.train.precision import DTYPES, autocast
+from mambakit.train.shards import ShardSet, is_shard_folder, open_shards
+from mambakit.train.streams import DataStreams
 
 logger = logging.getLogger(__name__)
+
+TASKS = ("lm", "classify")
 
 
 @dataclass
@@ -63,6 +78,15 @@ class TrainConfig:
     keep_checkpoints: int = 3
     seed: int = 0
     backend: str = "auto"
+    # Devices and precision (changeable on --resume, except dtype)
+    device: str = "cpu"
+    dtype: str = "fp32"
+    grad_checkpointing: bool = False
+    fsdp: bool = False
+    # Fine-tuning and tasks
+    init_from: str | None = None
+    task: str = "lm"
+    validation_data: str | None = None
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "log_every", "checkpoint_every"):
@@ -75,6 +99,12 @@ class TrainConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"invalid dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        if self.task not in TASKS:
+            raise ValueError(f"invalid task {self.task!r}; expected one of {', '.join(TASKS)}")
+        if self.validation_data and self.task != "classify":
+            raise ValueError("--validation-data is for --task classify; language modelling holds out --validation-fraction")
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -87,73 +117,99 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _load_or_train_tokenizer(config: TrainConfig):
+def _open_shard_data(config: TrainConfig) -> ShardSet | None:
+    """Open ``--data`` as token shards when it names a folder written by ``data prepare``."""
+    if not any(is_shard_folder(path) for path in config.data):
+        return None
+    if len(config.data) != 1:
+        raise ValueError(
+            f"--data mixes a token-shard folder with other inputs ({', '.join(config.data)}); pass the shard "
+            "folder alone, or prepare all inputs into one folder with mambakit data prepare"
+        )
+    if config.task != "lm":
+        raise ValueError(
+            f"--task {config.task} reads JSONL files with 'text' and 'label'; {config.data[0]} holds unlabelled tokens"
+        )
+    return open_shards(config.data[0])
+
+
+def _load_or_train_tokenizer(config: TrainConfig, context, shards: ShardSet | None):
+    """Return the run's tokenizer and where it came from.
+
+    In order: ``--tokenizer``; the shard folder's; the ``--init-from`` folder's; one trained
+    earlier in OUT/tokenizer; else rank 0 trains a byte-level BPE on ``--data``.
+    """
     from mambakit.tokenizer import load_tokenizer, train_tokenizer
-    from mambakit.train.data import expand_paths
+    from mambakit.train.documents import plain_text_files
 
     if config.tokenizer:
-        return load_tokenizer(config.tokenizer)
+        return load_tokenizer(config.tokenizer), config.tokenizer
+    if shards is not None:
+        return load_tokenizer(shards.tokenizer_dir), shards.tokenizer_dir
+    if config.init_from:
+        if os.path.isfile(os.path.join(config.init_from, "tokenizer.json")):
+            return load_tokenizer(config.init_from), config.init_from
+        raise FileNotFoundError(
+            f"{config.init_from} has no tokenizer.json; pass --tokenizer DIR with the tokenizer the model was "
+            "trained with (the state-spaces/mamba-* models use EleutherAI/gpt-neox-20b)"
+        )
     tokenizer_dir = os.path.join(config.out, "tokenizer")
-    if os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
-        return load_tokenizer(tokenizer_dir)
-    logger.info("training a byte-level BPE tokenizer with %d entries", config.vocab_size)
-    return train_tokenizer(expand_paths(config.data), config.vocab_size, out_dir=tokenizer_dir)
+    if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")) and context.is_main:
+        logger.info("training a byte-level BPE tokenizer with %d entries", config.vocab_size)
+        with tempfile.TemporaryDirectory(dir=config.out, prefix=".tokenizer-text-") as scratch:
+            train_tokenizer(plain_text_files(config.data, scratch), config.vocab_size, out_dir=tokenizer_dir)
+    context.barrier()
+    return load_tokenizer(tokenizer_dir), tokenizer_dir
 
 
-def _model_config(config: TrainConfig, tokenizer) -> MambaConfig:
-    return MambaConfig(
-        d_model=config.d_model,
-        n_layer=config.n_layer,
-        d_state=config.d_state,
-        expand=config.expand,
-        vocab_size=8 * math.ceil(tokenizer.vocab_size / 8),
-        unpadded_vocab_size=tokenizer.vocab_size,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+def _make_task(config: TrainConfig, tokenizer, tokenizer_source: str, shards: ShardSet | None):
+    if config.task == "classify":
+        from mambakit.train.classify_task import ClassificationTask
+
+        return ClassificationTask(config, tokenizer)
+    from mambakit.train.lm_task import LanguageModelTask
+
+    return LanguageModelTask(config, tokenizer, tokenizer_source, shards)
 
 
-@torch.no_grad()
-def evaluate(model: Mamba, tokens, config: TrainConfig) -> float | None:
-    """Return the mean validation loss over the fixed validation windows, or None without data."""
-    if len(tokens) < config.seq_len + 1:
-        return None
-    model.eval()
-    total, count = 0.0, 0
-    for inputs, targets in validation_batches(tokens, config.batch_size, config.seq_len, config.eval_batches):
-        logits = model(inputs, backend=config.backend)
-        total += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum").item()
-        count += targets.numel()
-    model.train()
-    return total / count
+def _scan_backend(config: TrainConfig, context, device: torch.device) -> str:
+    """Return the scan backend to train with; FSDP on CPUs needs the reference scan."""
+    if not (config.fsdp and context.active and device.type == "cpu" and config.backend in ("auto", "cpu")):
+        return config.backend
+    # FSDP frees gathered weights by resizing their storage to zero, and the numba kernels take
+    # numpy views of D and the dt bias, which makes that storage fixed-size.
+    reason = "the numba CPU scan cannot run under --fsdp on CPUs"
+    if config.backend == "cpu":
+        raise ValueError(f"{reason}; use --backend reference or auto, or train without --fsdp")
+    logger.warning("%s; using the reference scan, which is slower", reason)
+    return "reference"
 
 
-def _write_metrics(path: str, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+def _check_resume_config(saved: TrainConfig, config: TrainConfig, saved_processes: int = 1, processes: int = 1) -> None:
+    """Only schedule length, logging, checkpoint, device and path settings may change on resume.
 
-
-def _training_state(model, optimizer, step, generator, config) -> dict:
-    return {
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "data_generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "model_config": dataclasses.asdict(model.config),
-        "train_config": json.dumps(dataclasses.asdict(config)),
-    }
-
-
-def _check_resume_config(saved: TrainConfig, config: TrainConfig) -> None:
-    """Only schedule length, logging and checkpoint settings may change on resume."""
-    changeable = {"steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "backend", "data"}
+    ``grad_accum`` may change with the number of processes as long as ``grad_accum * processes``,
+    the number of micro-batches in a step, stays the same.
+    """
+    changeable = {
+        "steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "backend", "data", "out",
+        "grad_accum", "device", "fsdp", "grad_checkpointing",
+    }  # fmt: skip
     differing = [
         f"{f.name} ({getattr(saved, f.name)!r} -> {getattr(config, f.name)!r})"
         for f in dataclasses.fields(TrainConfig)
         if f.name not in changeable and getattr(saved, f.name) != getattr(config, f.name)
     ]
+    saved_streams, streams = saved.grad_accum * saved_processes, config.grad_accum * processes
+    if saved_streams != streams:
+        hint = (
+            f"; on {processes} process{'es' if processes > 1 else ''} pass --grad-accum {saved_streams // processes}"
+            if saved_streams % processes == 0 else ""
+        )
+        differing.append(
+            f"grad_accum x processes ({saved.grad_accum} x {saved_processes} -> {config.grad_accum} x {processes}, "
+            f"the global batch must stay {saved_streams} micro-batches{hint})"
+        )
     if differing:
         raise ValueError(
             "--resume with settings that differ from the saved run: " + ", ".join(differing)
@@ -161,77 +217,158 @@ def _check_resume_config(saved: TrainConfig, config: TrainConfig) -> None:
         )
 
 
+def _training_state(model, raw_model, optimizer, names, step, streams, task, config, context) -> dict:
+    """Collect the full state of the run; every process must call it, and rank 0 gets all of it."""
+    stream_states = {}
+    for states in context.gather(streams.states()):
+        stream_states.update(states)
+    ordered = [stream_states[index] for index in sorted(stream_states)]
+    return {
+        "step": step,
+        "model": full_model_state(model),
+        "optimizer": full_optimizer_state(model, optimizer, names),
+        "data_generator": ordered[0],
+        "data_generators": ordered,
+        "torch_rng": torch.get_rng_state(),
+        "model_config": dataclasses.asdict(raw_model.config),
+        "train_config": json.dumps(dataclasses.asdict(config)),
+        "world_size": context.world_size,
+        "task": task.checkpoint_extras(),
+    }
+
+
+def _restore_streams(streams: DataStreams, state: dict, total: int, context) -> None:
+    # Checkpoints before data_generators existed hold one generator that served every micro-batch.
+    states = state.get("data_generators") or [state["data_generator"]]
+    if len(states) != total and context.is_main:
+        logger.warning(
+            "the checkpoint has %d data streams but this run draws %d micro-batches per step; streams without a "
+            "saved state start from their seeds, so the data order differs from an uninterrupted run",
+            len(states), total,
+        )
+    streams.load(states)
+
+
+def _clip_gradients(model, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+        norm = norm.full_tensor()
+    return norm.item()
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train a model as ``config`` says and return a summary (losses, tokens/s, paths)."""
+    """Train a model with the settings in ``config`` and return a summary (losses, tokens/s, paths).
+
+    Under torchrun every process calls this; each returns a summary, and only rank 0's has the
+    validation metrics.
+    """
     config.validate()
+    config.betas = tuple(config.betas)
+    context = distributed.setup(config.device)
+    try:
+        return _train(config, resume, progress, context)
+    finally:
+        context.close()
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, context) -> dict:
     os.makedirs(config.out, exist_ok=True)
     checkpoint_dir = os.path.join(config.out, "checkpoints")
     metrics_path = os.path.join(config.out, "metrics.jsonl")
     config_path = os.path.join(config.out, "train_config.json")
+    device = context.device
 
     state = load_latest_checkpoint(checkpoint_dir) if resume else None
-    if resume and state is None:
+    if resume and state is None and context.is_main:
         logger.warning("--resume: no checkpoint in %s, starting from step 0", checkpoint_dir)
     if state is not None:
         saved = TrainConfig(**json.loads(state["train_config"]))
         saved.betas = tuple(saved.betas)
-        config.betas = tuple(config.betas)
-        _check_resume_config(saved, config)
-    elif os.path.exists(metrics_path):
+        _check_resume_config(saved, config, state.get("world_size", 1), context.world_size)
+    elif context.is_main and os.path.exists(metrics_path):
         os.remove(metrics_path)  # a fresh run in a reused folder starts a fresh log
 
-    tokenizer = _load_or_train_tokenizer(config)
-    splits = build_splits(tokenizer, config.data, config.seq_len, config.validation_fraction, config.seed)
+    shards = _open_shard_data(config)
+    tokenizer, tokenizer_source = _load_or_train_tokenizer(config, context, shards)
+    task = _make_task(config, tokenizer, tokenizer_source, shards)
 
+    # Build the model on every process from the same seed, so all start from the same weights.
     torch.manual_seed(config.seed)
     if state is not None:
-        model = Mamba(MambaConfig(**{k: v for k, v in state["model_config"].items() if k != "layout"}))
+        model = task.restore_model(state)
         model.load_state_dict(state["model"])
     else:
-        model = Mamba(_model_config(config, tokenizer))
-    model.scan_backend = config.backend
+        model = task.new_model(tokenizer)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer_source} has {tokenizer.vocab_size} tokens but the model's embedding has "
+            f"{model.config.vocab_size} rows; use the tokenizer the run started with"
+        )
+    model.scan_backend = _scan_backend(config, context, device)
+    model.gradient_checkpointing = config.grad_checkpointing
     model.train()
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay), lr=config.lr, betas=tuple(config.betas), fused=False
-    )
-    generator = torch.Generator().manual_seed(config.seed)
+
+    no_decay = no_weight_decay_names(model)
+    model.to(device)
+    wrapped = distributed.wrap_model(model, context, config.fsdp)
+    # The bare model's parameter names: DDP would prefix them with "module.", and FSDP2 keeps them.
+    optimizer, names = build_optimizer(model, no_decay, config.lr, config.betas, config.weight_decay)
+    streams = DataStreams(config.seed, context.rank, config.grad_accum)
     start = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["data_generator"])
+        load_optimizer_state(wrapped, optimizer, names, state["optimizer"])
+        _restore_streams(streams, state, config.grad_accum * context.world_size, context)
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
-    with open(config_path, "w", encoding="utf-8") as handle:
-        json.dump(dataclasses.asdict(config), handle, indent=2)
+    del state  # the checkpoint's tensors are copied; free them for the run
+    if context.is_main and start > 0:
+        truncate_metrics(metrics_path, start)
+    if context.is_main:
+        with open(config_path, "w", encoding="utf-8") as handle:
+            json.dump(dataclasses.asdict(config), handle, indent=2)
 
-    logger.info(
-        "training %d parameters for %d steps of %d x %d tokens",
-        model.num_parameters(), config.steps, config.batch_size * config.grad_accum, config.seq_len,
-    )
-    tokens_per_step = config.batch_size * config.grad_accum * config.seq_len
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train", unit="step")
+    # Under DDP the bare model gives the same validation without communication, so only rank 0
+    # evaluates; FSDP needs every process in each forward pass.
+    sharded = distributed.is_sharded(wrapped)
+    eval_model = wrapped if sharded else model
+    evaluates = context.is_main or sharded
+
+    def precision():
+        return autocast(config.dtype, device)
+
+    if context.is_main:
+        logger.info(
+            "training %d parameters for %d steps of %d processes x %d x %d sequences of %d tokens",
+            model.num_parameters(), config.steps, context.world_size, config.grad_accum, config.batch_size,
+            config.seq_len,
+        )
+    bar = tqdm(total=config.steps, initial=start, disable=not (progress and context.is_main), desc="train", unit="step")
     last_validation = None
     losses = []
     window_start = time.perf_counter()
     window_steps = 0
+    window_tokens = 0
     for step in range(start, config.steps):
         lr = learning_rate(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
         step_loss = 0.0
-        for _ in range(config.grad_accum):
-            inputs, targets = sample_batch(splits.train, config.batch_size, config.seq_len, generator)
-            logits = model(inputs)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()) / config.grad_accum
-            loss.backward()
+        for micro_batch in range(config.grad_accum):
+            batch = tuple(tensor.to(device, non_blocking=True) for tensor in task.sample(streams[micro_batch]))
+            window_tokens += task.tokens(batch)
+            with distributed.gradient_sync(wrapped, micro_batch == config.grad_accum - 1):
+                with precision():
+                    loss = task.loss(wrapped, batch) / config.grad_accum
+                loss.backward()
             step_loss += loss.item()
+        step_loss = context.mean(step_loss)
         if not math.isfinite(step_loss):
             raise FloatingPointError(
                 f"loss became {step_loss} at step {step}; lower --lr or check the data, then resume "
                 "from the last checkpoint"
             )
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
+        grad_norm = _clip_gradients(wrapped, config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
@@ -240,60 +377,47 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
 
         if done % config.log_every == 0 or done == config.steps:
             elapsed = time.perf_counter() - window_start
-            tokens_per_second = window_steps * tokens_per_step / max(elapsed, 1e-9)
-            _write_metrics(metrics_path, {"step": done, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                                          "tokens_per_second": tokens_per_second})
+            tokens_per_second = context.mean(window_tokens) * context.world_size / max(elapsed, 1e-9)
+            if context.is_main:
+                write_metrics(metrics_path, {"step": done, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
+                                             "tokens_per_second": tokens_per_second})
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_second:.0f}")
-            window_start, window_steps = time.perf_counter(), 0
-        if done % config.eval_every == 0 or done == config.steps:
-            last_validation = evaluate(model, splits.validation, config)
-            if last_validation is not None:
-                _write_metrics(metrics_path, {"step": done, "validation_loss": last_validation,
-                                              "validation_perplexity": math.exp(min(last_validation, 50))})
-                logger.info("step %d: validation loss %.4f", done, last_validation)
+            window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+        if (done % config.eval_every == 0 or done == config.steps) and evaluates:
+            metrics = task.evaluate(eval_model, device, precision)
+            if metrics is not None and context.is_main:
+                last_validation = metrics
+                write_metrics(metrics_path, {"step": done, **metrics})
+                logger.info("step %d: validation loss %.4f", done, metrics["validation_loss"])
         if done % config.checkpoint_every == 0 or done == config.steps:
-            save_checkpoint(_training_state(model, optimizer, done, generator, config), checkpoint_dir,
-                            done, config.keep_checkpoints)
+            training_state = _training_state(
+                wrapped, model, optimizer, names, done, streams, task, config, context
+            )
+            if context.is_main:
+                save_checkpoint(training_state, checkpoint_dir, done, config.keep_checkpoints)
+            del training_state
         bar.update(1)
     bar.close()
 
     model_dir = os.path.join(config.out, "model")
-    model.eval()
-    model.save_pretrained(model_dir, layout="hf")
-    tokenizer.save(model_dir)
-    _plot_losses(metrics_path, os.path.join(config.out, "loss.png"))
+    final_weights = full_model_state(wrapped) if sharded else None
+    if context.is_main:
+        export = model
+        if sharded:
+            # The sharded parameters cannot be saved as they are; rebuild a plain copy on the CPU.
+            export = task.restore_model({"model_config": dataclasses.asdict(model.config), "task": task.checkpoint_extras()})
+            export.load_state_dict(final_weights)
+        export.eval()
+        task.export(export, tokenizer, model_dir)
+        plot_losses(metrics_path, os.path.join(config.out, "loss.png"))
+    context.barrier()
+    validation = last_validation or {}
     return {
         "train_losses": losses,
         "final_train_loss": losses[-1] if losses else None,
-        "validation_loss": last_validation,
+        "validation_loss": validation.get("validation_loss"),
+        **{k: v for k, v in validation.items() if k != "validation_loss"},
         "parameters": model.num_parameters(),
+        "processes": context.world_size,
         "model_dir": model_dir,
     }
-
-
-def _plot_losses(metrics_path: str, image_path: str) -> None:
-    """Draw the loss curve when matplotlib is installed; training never depends on it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib is not installed; skipping %s", image_path)
-        return
-    if not os.path.exists(metrics_path):
-        return
-    records = [json.loads(line) for line in open(metrics_path, encoding="utf-8")]
-    train_points = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    validation_points = [(r["step"], r["validation_loss"]) for r in records if "validation_loss" in r]
-    figure, axes = plt.subplots(figsize=(6, 4))
-    if train_points:
-        axes.plot(*zip(*train_points), label="train")
-    if validation_points:
-        axes.plot(*zip(*validation_points), marker="o", label="validation")
-    axes.set_xlabel("step")
-    axes.set_ylabel("cross-entropy (nats/token)")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(image_path, dpi=80)
-    plt.close(figure)

@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -183,3 +185,13 @@ def test_missing_folder_and_weights(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(original_config()))
     with pytest.raises(FileNotFoundError, match="no weights found"):
         Mamba.from_pretrained(tmp_path)
+
+
+def test_saved_files_follow_umask(tmp_path):
+    old_mask = os.umask(0o022)
+    try:
+        make_model(vocab_size=64).save_pretrained(tmp_path)
+    finally:
+        os.umask(old_mask)
+    for name in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name

@@ -79,5 +79,5 @@ def test_sampled_batch_equals_single_prompts():
 
 def test_cache_batch_mismatch_raises(tiny_model):
     cache = tiny_model.allocate_cache(2)
-    with pytest.raises(ValueError, match="cache holds 2 sequences"):
+    with pytest.raises(ValueError, match="cache contains 2 sequences"):
         tiny_model(torch.zeros(3, 4, dtype=torch.long), cache=cache)

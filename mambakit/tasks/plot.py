@@ -1,0 +1,86 @@
+"""Draw the accuracies that ``tasks ... --json`` recorded into one PNG.
+
+Run from the repository root with matplotlib installed (``pip install -e .[plot]``)::
+
+    python -m mambakit.tasks.plot copying.json induction.json --out accuracy.png
+
+Each JSON file contains one task's results. Selective Copying becomes a bar per mixer, and
+Induction Heads a line per mixer over the evaluated lengths, so extrapolation shows as a flat
+line to the right of the training length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# Low resolution keeps the figure small enough for the docs (well under 150 KB).
+DPI = 80
+COLORS = {"mamba": "tab:blue", "s4d": "tab:orange"}
+
+
+def plot_results(records: list[dict], path: str | Path) -> None:
+    """Draw one panel per record (a JSON file's contents) and save the figure to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # Render to a file only, so no display is needed.
+    import matplotlib.pyplot as plt
+
+    if not records:
+        raise ValueError("no results to plot; pass at least one JSON file written by --json")
+    figure, axes = plt.subplots(1, len(records), figsize=(4.5 * len(records), 3.4), squeeze=False)
+    for axis, record in zip(axes[0], records):
+        task = record["task"]
+        results = record["results"]
+        if task["name"] == "induction-heads":
+            _plot_lengths(axis, results)
+            axis.axvline(task["seq_len"], color="gray", linestyle="--", linewidth=1, label="training length")
+        else:
+            _plot_bars(axis, results)
+        chance = results[0]["chance_accuracy"]
+        axis.axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
+        axis.set_ylim(0, 1.05)
+        axis.set_ylabel("accuracy")
+        steps = results[0]["steps"]
+        axis.set_title(f"{task['name']}, trained at {task['seq_len']} ({steps} steps)", fontsize=10)
+        axis.legend(fontsize=8, loc="lower left")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
+def _plot_bars(axis, results: list[dict]) -> None:
+    names = [result["mixer"] for result in results]
+    values = [result["accuracy"] for result in results]
+    bars = axis.bar(names, values, color=[COLORS.get(name, "gray") for name in names])
+    for bar, value in zip(bars, values):
+        axis.text(bar.get_x() + bar.get_width() / 2, value + 0.02, f"{value:.2f}", ha="center", fontsize=9)
+
+
+def _plot_lengths(axis, results: list[dict]) -> None:
+    for result in results:
+        # JSON stores the dictionary keys as strings.
+        points = sorted((int(length), value) for length, value in result["eval_accuracy"].items())
+        lengths = [length for length, _ in points]
+        values = [value for _, value in points]
+        axis.plot(lengths, values, marker="o", color=COLORS.get(result["mixer"], "gray"), label=result["mixer"])
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("evaluation length")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Read the JSON files named on the command line and write the figure."""
+    parser = argparse.ArgumentParser(description="Plot synthetic-task accuracies recorded with --json.")
+    parser.add_argument("results", nargs="+", help="JSON files written by 'mambakit tasks ... --json'")
+    parser.add_argument("--out", required=True, help="PNG file to write")
+    args = parser.parse_args(argv)
+    records = [json.loads(Path(name).read_text(encoding="utf-8")) for name in args.results]
+    plot_results(records, args.out)
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
