@@ -120,7 +120,7 @@ class FloorMixer(nn.Module):
     def forward(self, hidden, cache=None, attention_mask=None, backend="auto"):
         return self._mix(hidden)
 
-    def step(self, hidden, cache):
+    def step(self, hidden, cache, backend="auto"):
         return self._mix(hidden)
 
 
@@ -293,6 +293,35 @@ def run_train(lengths: list[int], names: list[str], repeats: int) -> list[dict]:
     return rows
 
 
+def run_long(prefill_length: int, train_length: int) -> list[dict]:
+    """Peak memory of a long prefill and a long training step of the small model, mambakit only."""
+    torch.manual_seed(0)
+    model = Mamba(MambaConfig(**SIZES["train"]))
+    rows = []
+
+    model.eval()
+    input_ids = torch.randint(0, 4096, (1, prefill_length))
+    with torch.no_grad():
+        result = measure(lambda: model(input_ids, last_only=True), 1)
+    rows.append({"case": "long-prefill", "contender": "mambakit", "length": prefill_length, **result})
+    print(f"long    prefill L={prefill_length} {result['seconds']:.2f} s  peak {result['peak_mib']} MiB", flush=True)
+
+    model.train()
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.1), lr=1e-4)
+    input_ids = torch.randint(0, 4096, (1, train_length))
+
+    def step():
+        loss = F.cross_entropy(model(input_ids).flatten(0, 1), input_ids.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    result = measure(step, 1)
+    rows.append({"case": "long-train", "contender": "mambakit", "length": train_length, **result})
+    print(f"long    train   L={train_length} {result['seconds']:.2f} s  peak {result['peak_mib']} MiB", flush=True)
+    return rows
+
+
 def add_ratios(rows: list[dict]) -> None:
     """Add each row's ratio to the floor row of the same case and shape."""
     def key(row):
@@ -327,7 +356,9 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", nargs="+", default=["prefill", "decode", "train"], choices=["prefill", "decode", "train"])
+    parser.add_argument("--cases", nargs="+", default=["prefill", "decode", "train"],
+                        choices=["prefill", "decode", "train", "long"],
+                        help="long: peak memory of a 65,536-token prefill and a 16,384-token training step")
     parser.add_argument("--contenders", nargs="+", default=["mambakit", "floor", "transformers", "mambapy"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[128, 512, 2048], help="prefill lengths in tokens")
     parser.add_argument("--train-lengths", nargs="+", type=int, default=[256, 1024], help="training lengths in tokens")
@@ -343,6 +374,8 @@ def main(argv=None) -> None:
         rows += run_decode(args.contenders, args.repeats, args.decode_steps)
     if "train" in args.cases:
         rows += run_train(args.train_lengths, args.contenders, args.repeats)
+    if "long" in args.cases:
+        rows += run_long(65536, 16384)
     add_ratios(rows)
     record = {"machine": machine_info(), "scan_backend": last_backend(), "args": vars(args) | {"json": str(args.json)},
               "results": rows}

@@ -31,6 +31,22 @@ def _resolve_tokenizer_path(model_dir: str, tokenizer_arg: str | None) -> str:
     )
 
 
+def _set_threads(count: int) -> None:
+    """Use ``count`` CPU threads in torch and in the numba kernels, which keep separate pools."""
+    import torch
+
+    if count < 1:
+        raise ValueError(f"--threads must be at least 1, got {count}")
+    try:
+        import numba
+
+        numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+    # Set torch last: numba's OpenMP layer can reset the shared OpenMP thread count.
+    torch.set_num_threads(count)
+
+
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
     parser.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy (default 0.8)")
@@ -44,8 +60,6 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_generate(args: argparse.Namespace) -> int:
-    import torch
-
     from mambakit.generation.generate import generate
     from mambakit.generation.sampling import SamplingConfig
     from mambakit.models.mamba_lm import Mamba
@@ -56,8 +70,8 @@ def _command_generate(args: argparse.Namespace) -> int:
     model = Mamba.from_pretrained(model_dir, dtype=args.dtype, device=args.device)
     model.scan_backend = args.backend
     tokenizer = load_tokenizer(_resolve_tokenizer_path(model_dir, args.tokenizer))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        _set_threads(args.threads)
 
     # Check the sampling settings before echoing the prompt, so an error is the only output.
     SamplingConfig(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
@@ -124,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", default=None, help="torch device, for example cpu or cuda")
     generate.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                           help="weight dtype (default float32)")
-    generate.add_argument("--backend", default="auto", choices=["auto", "reference", "cpu"],
+    generate.add_argument("--backend", default="auto", choices=["auto", "reference", "cpu", "triton", "mamba_ssm"],
                           help="selective-scan backend (default auto)")
     generate.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     generate.add_argument("--no-stream", action="store_true", help="print the text at the end, not as it is made")

@@ -13,11 +13,23 @@ padding out of the recurrent state, so each prompt yields the same tokens as it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 
 from mambakit.generation.sampling import SamplingConfig, select_next_tokens
+
+
+class LogitsConstraint(Protocol):
+    """Per-row state that masks tokens before each draw, such as ``utf8.Utf8Constraint``."""
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """Return the (b, V) logits with the tokens that must not be drawn set to -inf."""
+        ...
+
+    def update(self, tokens: torch.Tensor) -> None:
+        """Advance the state past the (b,) drawn tokens."""
+        ...
 
 
 @dataclass
@@ -65,12 +77,16 @@ def iter_generate_ids(
     sampling: SamplingConfig | None = None,
     eos_token_id: int | None = None,
     seed: int | None = None,
+    logits_constraint: LogitsConstraint | None = None,
 ) -> Iterator[GenerationStep]:
     """Yield one ``GenerationStep`` per generated position until every sequence ends.
 
     A sequence ends when it produces ``eos_token_id`` (which is yielded) or after
     ``max_new_tokens`` tokens. Finished sequences keep stepping with EOS as input so the batch
     stays rectangular; their later tokens are marked by ``finished_before``.
+
+    ``logits_constraint`` masks the logits before every draw, greedy included, and is updated
+    with the tokens drawn. It must keep ``eos_token_id`` allowed.
     """
     sampling = sampling or SamplingConfig()
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -101,9 +117,13 @@ def iter_generate_ids(
     logits = model(input_ids, cache=cache, attention_mask=attention_mask, last_only=True)[:, -1]
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
+        if logits_constraint is not None:
+            logits = logits_constraint.mask(logits)
         tokens = select_next_tokens(logits, sampling, seen, usable, generators)
         if eos_token_id is not None:
             tokens = torch.where(finished, torch.full_like(tokens, eos_token_id), tokens)
+        if logits_constraint is not None:
+            logits_constraint.update(tokens)
         yield GenerationStep(tokens=tokens, finished_before=finished.clone())
         if eos_token_id is not None:
             finished |= tokens == eos_token_id
@@ -198,12 +218,18 @@ def stream_generate(
     seed: int | None = None,
     stop: Sequence[str] = (),
     eos_token_id: int | None = None,
+    valid_utf8: bool = True,
 ) -> Iterator[tuple[int, str]]:
     """Yield ``(prompt index, new text)`` pieces as tokens are generated.
 
     Text is emitted only in whole characters, and never past EOS or the start of a stop string.
+    With ``valid_utf8`` and a byte-level tokenizer, tokens whose bytes would make the output
+    invalid UTF-8 are not drawn, but EOS stays allowed (see :mod:`mambakit.generation.utf8`).
+    The text can still end in one U+FFFD when ``max_new_tokens`` stops the stream in the middle
+    of a character.
     """
     from mambakit.generation.detokenizer import StreamingDetokenizer
+    from mambakit.generation.utf8 import build_utf8_constraint
 
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
     prompt_ids = _encode_prompts(tokenizer, prompt_list)
@@ -214,11 +240,18 @@ def stream_generate(
     sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty)
     if isinstance(stop, str):
         stop = [stop]
+    constraint = None
+    if valid_utf8:
+        constraint = build_utf8_constraint(
+            tokenizer, prompt_ids, always_allowed_ids=[eos_token_id],
+            vocab_size=model.config.usable_vocab_size, device=_model_device(model),
+        )
 
     detokenizers = [StreamingDetokenizer(tokenizer) for _ in prompt_list]
     watchers = [_StopStringWatcher(stop) for _ in prompt_list]
     done = [False] * len(prompt_list)
-    for step in iter_generate_ids(model, prompt_ids, max_new_tokens, sampling, eos_token_id, seed):
+    steps = iter_generate_ids(model, prompt_ids, max_new_tokens, sampling, eos_token_id, seed, constraint)
+    for step in steps:
         for row, token in enumerate(step.tokens.tolist()):
             if done[row] or step.finished_before[row]:
                 continue
@@ -254,10 +287,12 @@ def generate(
     stop: Sequence[str] = (),
     stream: Callable[[str], None] | None = None,
     eos_token_id: int | None = None,
+    valid_utf8: bool = True,
 ) -> str | list[str]:
     """Continue ``prompt`` (a string, or a list of strings run as one batch) and return the new text.
 
     ``stream`` is called with each piece of text as it is produced (single prompt only).
+    ``valid_utf8`` masks tokens that would make the output invalid UTF-8, as in ``stream_generate``.
     """
     if stream is not None and not isinstance(prompt, str):
         raise ValueError("stream= works with a single prompt; pass one string or drop stream")
@@ -265,7 +300,7 @@ def generate(
     texts = [""] * len(prompt_list)
     pieces = stream_generate(
         model, tokenizer, prompt_list, max_new_tokens, temperature, top_k, top_p, min_p,
-        repetition_penalty, seed, stop, eos_token_id,
+        repetition_penalty, seed, stop, eos_token_id, valid_utf8,
     )
     for row, piece in pieces:
         texts[row] += piece

@@ -93,7 +93,8 @@ class MambaForSequenceClassification(nn.Module):
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids shape {tuple(input_ids.shape)}"
+                f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids shape "
+                f"{tuple(input_ids.shape)}; pass one mask entry per token"
             )
         backend = backend or self.scan_backend
 
@@ -130,7 +131,8 @@ class MambaForSequenceClassification(nn.Module):
 
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         state[_HF_EMBEDDING] = state.pop(_OUR_EMBEDDING)
-        _atomic_write(os.path.join(folder, "model.safetensors"), lambda file: save_file(state, file, metadata={"format": "pt"}))
+        weights_path = os.path.join(folder, "model.safetensors")
+        _atomic_write(weights_path, lambda file: save_file(state, file, metadata={"format": "pt"}))
         text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
 
         def write_config(file: str) -> None:

@@ -2,6 +2,10 @@
 
 Shape letters: b batch, d channels, l length, k kernel width (``d_conv``).
 
+``causal_conv1d`` takes the (b, d, l) layout of ``torch.nn.functional.conv1d``.
+``causal_conv1d_channels_last`` takes and returns the (b, l, d) layout of the mixer and, on CPU,
+runs fused numba kernels that need no transposes (see ``causal_conv_cpu``).
+
 The mixer convolves each channel with its own width-k filter over the current and the k-1
 previous inputs. During generation the last k inputs are kept as a window, so one new token
 costs O(d * k) whatever the length of the context.
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from mambakit.ops.selective_scan import resolve_backend
 
 
 def causal_conv1d(
@@ -40,6 +46,38 @@ def causal_conv1d(
         padded = torch.cat([window[:, :, 1:].to(x.dtype), x], dim=2)
     out = F.conv1d(padded, weight.unsqueeze(1), bias, groups=weight.shape[0])
     return F.silu(out) if activation else out
+
+
+def causal_conv1d_channels_last(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    window: torch.Tensor | None = None,
+    activation: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Convolve ``x`` causally per channel in the (b, l, d) layout, on the kernels ``backend`` picks.
+
+    Args:
+        x: (b, l, d) inputs; may be a view with a larger row stride.
+        weight: (d, k) filters.
+        bias: (d,) or None.
+        window: (b, d, k) the last k raw inputs before ``x``, or None for zeros. Not updated.
+        activation: apply SiLU to the output.
+        backend: a selective-scan backend name (see ``mambakit.ops.selective_scan``). When it
+            resolves to "cpu", the fused numba kernels run; otherwise ``causal_conv1d`` does.
+
+    Returns:
+        (b, l, d) outputs. The numba kernels return a contiguous tensor, the reference a
+        transposed view.
+    """
+    if x.device.type == "cpu" and resolve_backend(backend, x.device) == "cpu":
+        from mambakit.ops import causal_conv_cpu
+
+        if causal_conv_cpu.available():
+            return causal_conv_cpu.causal_conv1d_cpu(x, weight, bias, window=window, activation=activation)
+    out = causal_conv1d(x.transpose(1, 2), weight, bias, window=window, activation=activation)
+    return out.transpose(1, 2)
 
 
 def update_window(window: torch.Tensor, x: torch.Tensor) -> None:

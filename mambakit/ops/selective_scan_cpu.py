@@ -490,11 +490,14 @@ class _SelectiveScanFunction(torch.autograd.Function):
         d_state = A.shape[1]
         dtype = u.dtype
         has_z = z is not None
-        D_filled = D if D is not None else u.new_zeros(d_inner)
-        bias_filled = delta_bias if delta_bias is not None else u.new_zeros(d_inner)
+        # D, delta_bias and A may be parameters (after a no-op cast). A numpy view of a parameter's
+        # storage makes it non-resizable, and FSDP frees gathered parameters by resizing, so the
+        # kernels get copies of these small tensors.
+        D_filled = D.clone() if D is not None else u.new_zeros(d_inner)
+        bias_filled = delta_bias.clone() if delta_bias is not None else u.new_zeros(d_inner)
         initial_filled = initial_state if initial_state is not None else u.new_zeros(batch, d_inner, d_state)
         z_filled = z if has_z else u.new_zeros(0, 0, 0)
-        A_t = A.t().contiguous()
+        A_t = A.t().clone(memory_format=torch.contiguous_format)
 
         # Store checkpoints only when a backward pass can follow.
         n_chunks = -(-length // CHECKPOINT_INTERVAL) if any(ctx.needs_input_grad) else 0
@@ -660,7 +663,9 @@ def selective_state_update_cpu(
     def as_array(tensor, shape_if_none=None):
         if tensor is None:
             return np.zeros(shape_if_none, dtype=state_array.dtype)
-        return _as_array(tensor.to(dtype))
+        # A copy, never a view: a numpy view of a parameter (D, dt_bias) would make its storage
+        # non-resizable, which breaks FSDP's freeing of gathered parameters.
+        return tensor.detach().to(dtype).numpy().copy()
 
     y = torch.empty(batch, d_inner, dtype=dtype)
     with _threads_for(batch * d_inner * d_state):

@@ -61,7 +61,8 @@ class ClassificationTask:
         if len(self.train) == 0:
             raise ValueError(f"no training examples are left in {source}; lower --validation-fraction")
         logger.info(
-            "data: %d training and %d validation examples, %d labels", len(self.train), len(self.validation), len(self.classes)
+            "data: %d training and %d validation examples, %d labels",
+            len(self.train), len(self.validation), len(self.classes),
         )
 
     @property
@@ -73,14 +74,17 @@ class ClassificationTask:
         if self.config.init_from:
             from mambakit.train.finetune import load_classifier
 
-            model = load_classifier(self.config.init_from, tokenizer, len(self.classes), self.id2label, self.config.seed)
+            model = load_classifier(
+                self.config.init_from, tokenizer, len(self.classes), self.id2label, self.config.seed
+            )
             if list(model.id2label.values()) != self.classes:
                 raise ValueError(
                     f"{self.config.init_from} classifies the labels {list(model.id2label.values())}, but the data has "
                     f"{self.classes}; start from a language model or a classifier of the same labels"
                 )
             return model
-        return MambaForSequenceClassification(model_config_for(self.config, tokenizer), len(self.classes), self.id2label)
+        config = model_config_for(self.config, tokenizer)
+        return MambaForSequenceClassification(config, len(self.classes), self.id2label)
 
     def restore_model(self, state: dict) -> torch.nn.Module:
         saved = state["task"]["labels"]

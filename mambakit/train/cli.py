@@ -48,6 +48,7 @@ def add_train_parser(commands) -> None:
     train.add_argument("--tokenizer", help="tokenizer folder; default: the shard folder's, the --init-from "
                        "folder's, or a byte-level BPE trained on --data")
     train.add_argument("--vocab-size", type=int, help="vocabulary of the tokenizer trained when --tokenizer is absent")
+
     for name, kind, text in [
         ("d-model", int, "model width"), ("n-layer", int, "number of blocks"), ("d-state", int, "SSM state size"),
         ("steps", int, "optimizer steps"), ("batch-size", int, "sequences per micro-batch and process"),
@@ -55,14 +56,17 @@ def add_train_parser(commands) -> None:
         ("grad-accum", int, "micro-batches per step and process"),
         ("lr", float, "peak learning rate"), ("warmup-steps", int, "linear warmup steps"),
         ("weight-decay", float, "AdamW weight decay"), ("grad-clip", float, "gradient norm clip"),
-        ("eval-every", int, "steps between validations"), ("eval-batches", int, "batches per language-model validation"),
+        ("eval-every", int, "steps between validations"),
+        ("eval-batches", int, "batches per language-model validation"),
         ("log-every", int, "steps between metric records"),
         ("checkpoint-every", int, "steps between checkpoints"),
         ("keep-checkpoints", int, "checkpoints to keep"), ("validation-fraction", float, "share of documents held out"),
         ("seed", int, "random seed"),
     ]:
         train.add_argument(f"--{name}", type=kind, help=text)
-    train.add_argument("--backend", choices=["auto", "reference", "cpu", "triton", "mamba_ssm"], help="selective-scan backend")
+
+    train.add_argument("--backend", choices=["auto", "reference", "cpu", "triton", "mamba_ssm"],
+                       help="selective-scan backend")
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default cpu); under torchrun, cuda means "
                        "cuda:LOCAL_RANK")
     train.add_argument("--dtype", choices=["fp32", "bf16"],
@@ -71,11 +75,13 @@ def add_train_parser(commands) -> None:
                        help="recompute each block's activations in the backward pass to save memory")
     train.add_argument("--fsdp", action="store_true", default=None,
                        help="under torchrun, shard weights, gradients and optimizer state with FSDP instead of DDP")
+
     train.add_argument("--init-from", help="start from this model folder (fine-tuning); the model shape options "
                        "are then ignored")
     train.add_argument("--task", choices=["lm", "classify"], help="lm: next-token prediction (default); classify: "
                        "sequence classification of JSONL texts")
     train.add_argument("--validation-data", help="JSONL validation file for --task classify")
+
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(handler=_command_train)

@@ -3,12 +3,13 @@
 ``torchrun --nproc_per_node N`` starts N copies of the command and sets ``RANK``,
 ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``. ``setup`` reads them and
 calls ``torch.distributed.init_process_group`` with the gloo backend on CPUs and nccl on CUDA
-devices; without them training runs in one process and nothing here communicates.
+devices. Without them, training runs in one process and nothing here communicates.
 
-``wrap_model`` puts the model under ``DistributedDataParallel`` (every process keeps all
-weights, gradients are averaged) or, with ``fsdp``, under ``torch.distributed.fsdp.fully_shard``
-(FSDP2): each residual block is one unit that gathers its weights before use and shards them
-again afterwards, and the root unit holds the embedding, the final norm and the head.
+``wrap_model`` puts the model under ``DistributedDataParallel``, where every process keeps all
+weights and the gradients are averaged. With ``fsdp`` it applies FSDP2's
+``torch.distributed.fsdp.fully_shard`` instead. Each residual block is then one unit that
+gathers its weights before use and shards them again afterwards, and the root unit contains the
+embedding, the final norm and the head.
 """
 
 from __future__ import annotations
@@ -56,12 +57,12 @@ class Distributed:
 
     @property
     def active(self) -> bool:
-        """Whether a process group exists, so collectives must be called by every process."""
+        """Return whether a process group exists, so that every process must call each collective."""
         return dist.is_available() and dist.is_initialized()
 
     @property
     def is_main(self) -> bool:
-        """Whether this process writes checkpoints, metrics, logs and the final model."""
+        """Return whether this process writes checkpoints, metrics, logs and the final model."""
         return self.rank == 0
 
     def barrier(self) -> None:
@@ -107,6 +108,7 @@ def setup(device_name: str = "auto") -> Distributed:
     else:
         return Distributed(device=resolve_device(device_name))
 
+    # NOTE: only the gloo path on CPUs has been run; the nccl path on CUDA devices is untested.
     device = resolve_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -163,7 +165,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    """Whether ``model`` was wrapped with FSDP2's ``fully_shard``."""
+    """Return whether ``model`` was wrapped with FSDP2's ``fully_shard``."""
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)

@@ -2,14 +2,14 @@
 
 Accepted inputs:
 
-* ``.txt``, ``.md`` or any other file: UTF-8 text; documents are separated by blank lines
-  (exactly ``\\n\\n``, after ``\\r\\n`` becomes ``\\n``) and stripped, and empty ones are dropped.
-* ``.jsonl``: one JSON object per line with the document in its ``text`` field; blank lines are
+* ``.txt``, ``.md`` or any other file: UTF-8 text. Documents are separated by blank lines
+  (exactly ``\\n\\n``, after ``\\r\\n`` becomes ``\\n``). Each is stripped, and empty ones are dropped.
+* ``.jsonl``: one JSON object per line, with the document in its ``text`` field. Blank lines are
   skipped, and so are objects whose text is empty or only whitespace.
 * a folder: its ``.txt``, ``.md`` and ``.jsonl`` files, recursively, in sorted path order.
 
-Files are decoded in chunks, so a corpus of any size streams through in constant memory. Bad
-input raises ``ValueError`` naming the file and the byte offset or line.
+Files are decoded in chunks, so reading never needs a whole file in memory. Bad input raises
+``ValueError`` naming the file and the byte offset or line.
 """
 
 from __future__ import annotations
@@ -165,7 +165,9 @@ def _parse_jsonl_line(path: str, line_number: int, line: str) -> dict | None:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} line {line_number} is not valid JSON ({error.msg}); write one object per line") from error
+        raise ValueError(
+            f"{path} line {line_number} is not valid JSON ({error.msg}); write one object per line"
+        ) from error
     if not isinstance(record, dict):
         raise ValueError(
             f"{path} line {line_number} is a JSON {type(record).__name__}, not an object; "

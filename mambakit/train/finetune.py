@@ -5,11 +5,11 @@ Vocabulary rule, applied by ``fit_vocabulary``:
 * a tokenizer no larger than the embedding needs no change: ids past the tokenizer's vocabulary
   are padding rows, never produced by the tokenizer and never sampled;
 * a larger tokenizer grows the embedding to ``8 * ceil(tokenizer vocabulary / 8)`` rows. Every
-  row from the model's old real vocabulary (``unpadded_vocab_size``) up is set to the mean of
-  the old real rows plus Gaussian noise with a standard deviation of ``NEW_ROW_NOISE`` times the
-  standard deviation of their entries, drawn from a generator seeded with the run's seed. A
-  tied LM head is the embedding and grows with it, and an untied head grows by the same rule
-  applied to its own rows.
+  row from the model's old real vocabulary (``unpadded_vocab_size``) up becomes the mean of the
+  old real rows plus Gaussian noise. The noise has ``NEW_ROW_NOISE`` times the standard deviation
+  of the old rows' entries and comes from a generator seeded with the run's seed. A tied LM
+  head is the embedding and grows with it, and an untied head grows by the same rule applied
+  to its own rows.
 
 The mean row makes a new token's first logits an average of the known tokens' logits rather
 than arbitrary values. The noise keeps the new rows distinct, so they get different gradients.

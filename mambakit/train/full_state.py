@@ -4,9 +4,9 @@ Checkpoints store ``model.state_dict()`` of the bare model and the optimizer sta
 ``torch.optim.Optimizer.state_dict()`` form, whose parameters are numbered in the order of the
 AdamW groups. Any number of processes, with or without FSDP, can resume from them.
 
-Under FSDP each process holds a shard of every tensor. ``torch.distributed.checkpoint.state_dict``
-gathers and scatters the full tensors; its optimizer state is keyed by parameter name, so the
-names are translated to and from the group order here.
+Under FSDP each process stores a shard of every tensor. ``torch.distributed.checkpoint.state_dict``
+gathers and scatters the full tensors. Its optimizer state is keyed by parameter name, so the
+functions here translate the names to and from the group order.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Language modelling for the trainer: token data, the model, next-token loss and validation.
 
-A task gives the training loop in ``trainer`` everything that depends on what is learned:
-``sample`` draws one micro-batch from a random stream, ``loss`` computes its mean loss,
-``evaluate`` returns validation metrics, and ``new_model``, ``restore_model`` and ``export``
-build, rebuild and publish the model. ``classify_task`` implements the same methods.
+A task gives the training loop in ``trainer`` everything that depends on what is learned.
+``sample`` draws one micro-batch from a random stream, ``loss`` computes its mean loss, and
+``evaluate`` returns validation metrics. ``new_model``, ``restore_model`` and ``export`` build,
+rebuild and publish the model. ``classify_task`` implements the same methods.
 """
 
 from __future__ import annotations

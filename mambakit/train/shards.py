@@ -7,10 +7,10 @@
     OUT/validation_00000.bin    validation tokens
     OUT/tokenizer/              the tokenizer the ids belong to
 
-Each split is one token stream, cut into files of at most ``shard_tokens`` tokens; a document
-may continue in the next file. The documents are split and ordered exactly as ``data.build_splits``
-does with the same seed and validation fraction, so training from shards sees the same tokens as
-training from the text files.
+Each split is one token stream, cut into files of at most ``shard_tokens`` tokens, so a
+document may continue in the next file. The documents are split and ordered exactly as
+``data.build_splits`` does with the same seed and validation fraction, so training from shards
+draws the same windows as training from the text files.
 
 Preparing streams the input: tokens go to a temporary file in input order, then the documents are
 copied into the shards in shuffled order. Memory use is one batch of documents plus 8 bytes per

@@ -34,9 +34,10 @@ from tqdm import tqdm
 from mambakit.models.mamba_lm import no_weight_decay_names
 from mambakit.train import distributed
 from mambakit.train.checkpointing import load_latest_checkpoint, save_checkpoint
-from mambakit.train.full_state import build_optimizer, full_model_state, full_optimizer_state, load_optimizer_state
+from mambakit.train.full_state import build_optimizer, full_model_state, load_optimizer_state
 from mambakit.train.metrics import plot_losses, truncate_metrics, write_metrics
 from mambakit.train.precision import DTYPES, autocast
+from mambakit.train.resume import check_resume_config, collect_training_state, restore_streams
 from mambakit.train.shards import ShardSet, is_shard_folder, open_shards
 from mambakit.train.streams import DataStreams
 
@@ -104,7 +105,10 @@ class TrainConfig:
         if self.task not in TASKS:
             raise ValueError(f"invalid task {self.task!r}; expected one of {', '.join(TASKS)}")
         if self.validation_data and self.task != "classify":
-            raise ValueError("--validation-data is for --task classify; language modelling holds out --validation-fraction")
+            raise ValueError(
+                "--validation-data is only for --task classify; language modelling validates on --validation-fraction "
+                "of the documents"
+            )
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -128,7 +132,8 @@ def _open_shard_data(config: TrainConfig) -> ShardSet | None:
         )
     if config.task != "lm":
         raise ValueError(
-            f"--task {config.task} reads JSONL files with 'text' and 'label'; {config.data[0]} holds unlabelled tokens"
+            f"--task {config.task} reads JSONL files with 'text' and 'label', but {config.data[0]} contains unlabelled "
+            "tokens; pass the JSONL files"
         )
     return open_shards(config.data[0])
 
@@ -185,70 +190,6 @@ def _scan_backend(config: TrainConfig, context, device: torch.device) -> str:
     return "reference"
 
 
-def _check_resume_config(saved: TrainConfig, config: TrainConfig, saved_processes: int = 1, processes: int = 1) -> None:
-    """Only schedule length, logging, checkpoint, device and path settings may change on resume.
-
-    ``grad_accum`` may change with the number of processes as long as ``grad_accum * processes``,
-    the number of micro-batches in a step, stays the same.
-    """
-    changeable = {
-        "steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "backend", "data", "out",
-        "grad_accum", "device", "fsdp", "grad_checkpointing",
-    }  # fmt: skip
-    differing = [
-        f"{f.name} ({getattr(saved, f.name)!r} -> {getattr(config, f.name)!r})"
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in changeable and getattr(saved, f.name) != getattr(config, f.name)
-    ]
-    saved_streams, streams = saved.grad_accum * saved_processes, config.grad_accum * processes
-    if saved_streams != streams:
-        hint = (
-            f"; on {processes} process{'es' if processes > 1 else ''} pass --grad-accum {saved_streams // processes}"
-            if saved_streams % processes == 0 else ""
-        )
-        differing.append(
-            f"grad_accum x processes ({saved.grad_accum} x {saved_processes} -> {config.grad_accum} x {processes}, "
-            f"the global batch must stay {saved_streams} micro-batches{hint})"
-        )
-    if differing:
-        raise ValueError(
-            "--resume with settings that differ from the saved run: " + ", ".join(differing)
-            + "; rerun with the original settings or choose a new --out folder"
-        )
-
-
-def _training_state(model, raw_model, optimizer, names, step, streams, task, config, context) -> dict:
-    """Collect the full state of the run; every process must call it, and rank 0 gets all of it."""
-    stream_states = {}
-    for states in context.gather(streams.states()):
-        stream_states.update(states)
-    ordered = [stream_states[index] for index in sorted(stream_states)]
-    return {
-        "step": step,
-        "model": full_model_state(model),
-        "optimizer": full_optimizer_state(model, optimizer, names),
-        "data_generator": ordered[0],
-        "data_generators": ordered,
-        "torch_rng": torch.get_rng_state(),
-        "model_config": dataclasses.asdict(raw_model.config),
-        "train_config": json.dumps(dataclasses.asdict(config)),
-        "world_size": context.world_size,
-        "task": task.checkpoint_extras(),
-    }
-
-
-def _restore_streams(streams: DataStreams, state: dict, total: int, context) -> None:
-    # Checkpoints before data_generators existed hold one generator that served every micro-batch.
-    states = state.get("data_generators") or [state["data_generator"]]
-    if len(states) != total and context.is_main:
-        logger.warning(
-            "the checkpoint has %d data streams but this run draws %d micro-batches per step; streams without a "
-            "saved state start from their seeds, so the data order differs from an uninterrupted run",
-            len(states), total,
-        )
-    streams.load(states)
-
-
 def _clip_gradients(model, max_norm: float) -> float:
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
@@ -284,7 +225,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, context) -> dict:
     if state is not None:
         saved = TrainConfig(**json.loads(state["train_config"]))
         saved.betas = tuple(saved.betas)
-        _check_resume_config(saved, config, state.get("world_size", 1), context.world_size)
+        check_resume_config(saved, config, state.get("world_size", 1), context.world_size)
     elif context.is_main and os.path.exists(metrics_path):
         os.remove(metrics_path)  # a fresh run in a reused folder starts a fresh log
 
@@ -317,7 +258,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, context) -> dict:
     start = 0
     if state is not None:
         load_optimizer_state(wrapped, optimizer, names, state["optimizer"])
-        _restore_streams(streams, state, config.grad_accum * context.world_size, context)
+        restore_streams(streams, state, config.grad_accum * context.world_size, context)
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
     del state  # the checkpoint's tensors are copied; free them for the run
@@ -346,7 +287,6 @@ def _train(config: TrainConfig, resume: bool, progress: bool, context) -> dict:
     last_validation = None
     losses = []
     window_start = time.perf_counter()
-    window_steps = 0
     window_tokens = 0
     for step in range(start, config.steps):
         lr = learning_rate(step, config)
@@ -372,7 +312,6 @@ def _train(config: TrainConfig, resume: bool, progress: bool, context) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
-        window_steps += 1
         done = step + 1
 
         if done % config.log_every == 0 or done == config.steps:
@@ -382,7 +321,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, context) -> dict:
                 write_metrics(metrics_path, {"step": done, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
                                              "tokens_per_second": tokens_per_second})
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_second:.0f}")
-            window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+            window_start, window_tokens = time.perf_counter(), 0
         if (done % config.eval_every == 0 or done == config.steps) and evaluates:
             metrics = task.evaluate(eval_model, device, precision)
             if metrics is not None and context.is_main:
@@ -390,7 +329,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, context) -> dict:
                 write_metrics(metrics_path, {"step": done, **metrics})
                 logger.info("step %d: validation loss %.4f", done, metrics["validation_loss"])
         if done % config.checkpoint_every == 0 or done == config.steps:
-            training_state = _training_state(
+            training_state = collect_training_state(
                 wrapped, model, optimizer, names, done, streams, task, config, context
             )
             if context.is_main:
@@ -404,8 +343,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, context) -> dict:
     if context.is_main:
         export = model
         if sharded:
-            # The sharded parameters cannot be saved as they are; rebuild a plain copy on the CPU.
-            export = task.restore_model({"model_config": dataclasses.asdict(model.config), "task": task.checkpoint_extras()})
+            # The sharded parameters cannot be saved as they are, so rebuild a plain copy on the CPU.
+            settings = {"model_config": dataclasses.asdict(model.config), "task": task.checkpoint_extras()}
+            export = task.restore_model(settings)
             export.load_state_dict(final_weights)
         export.eval()
         task.export(export, tokenizer, model_dir)

@@ -25,7 +25,8 @@ def test_larger_tokenizer_grows_embedding():
     weight = model.backbone.embedding.weight
     assert weight.shape == (80, 16)
     assert model.lm_head.weight is weight
-    assert model.config.vocab_size == 80 and model.config.unpadded_vocab_size == 75
+    assert model.config.vocab_size == 80
+    assert model.config.unpadded_vocab_size == 75
     assert torch.equal(weight[:61], old[:61])
 
     mean, spread = old[:61].mean(dim=0), old[:61].std()

@@ -72,7 +72,9 @@ def test_bf16_losses_track_fp32():
         assert abs(fp32 - bf16) < 0.02, (curves["fp32"], curves["bf16"])
 
 
-@pytest.mark.parametrize("backend, dtype, length", [("cpu", "fp32", 80), ("cpu", "bf16", 80), ("reference", "fp32", 24)])
+@pytest.mark.parametrize(
+    "backend, dtype, length", [("cpu", "fp32", 80), ("cpu", "bf16", 80), ("reference", "fp32", 24)]
+)
 def test_checkpointed_gradients_equal_plain(backend, dtype, length):
     # 80 steps cover more than one of the CPU kernel's 64-step chunks.
     tokens = torch.randint(0, 64, (2, length + 1), generator=torch.Generator().manual_seed(1))
