@@ -63,6 +63,8 @@ def main() -> None:
     labels = {"reference": "reference (one PyTorch step per token)", "cpu": "fused numba kernel"}
     for backend, seconds in series.items():
         axes.loglog(LENGTHS, [s * 1e3 for s in seconds], marker="o", label=labels[backend])
+    axes.set_xticks(LENGTHS, [str(n) for n in LENGTHS])
+    axes.minorticks_off()
     axes.set_xlabel("sequence length (tokens)")
     axes.set_ylabel("forward + backward (ms)")
     axes.set_title(f"selective scan, d_inner 256, d_state 16, {torch.get_num_threads()} threads", fontsize=9)

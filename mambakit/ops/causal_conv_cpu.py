@@ -28,23 +28,24 @@ in fp64 with ``math.exp``, so ``torch.autograd.gradcheck`` works. fp16 and bf16 
 from __future__ import annotations
 
 import logging
-import os
 
 import numba
 import numpy as np
 import torch
 from numba import prange
-from numba.core.errors import NumbaError
 
 from mambakit.ops.causal_conv import causal_conv1d
+from mambakit.ops.kernel_probe import KernelProbe
 from mambakit.ops.selective_scan_cpu import (
     _JIT,
-    DISABLE_ENV_VAR,
     _as_array,
     _check_cpu,
     _compute_dtype,
     _sigmoid,
     _threads_for,
+)
+from mambakit.ops.selective_scan_cpu import (
+    DISABLE_ENV_VAR as DISABLE_ENV_VAR,
 )
 
 logger = logging.getLogger(__name__)
@@ -323,33 +324,17 @@ def causal_conv1d_cpu(
 
 # --- availability -----------------------------------------------------------------------------
 
-_probe_error: str | None = None
-_probe_done = False
-
-
 def available() -> bool:
     """Return whether the kernels can run here, compiling (or loading from cache) a tiny convolution once.
 
-    Setting ``MAMBAKIT_DISABLE_NUMBA=1`` makes this return False, to force the reference convolution.
+    Setting ``MAMBAKIT_DISABLE_NUMBA=1`` makes this return False, to force the reference.
     """
-    global _probe_done, _probe_error
-    if os.environ.get(DISABLE_ENV_VAR, "") == "1":
-        return False
-    if not _probe_done:
-        try:
-            _run_probe()
-        except (NumbaError, RuntimeError, OSError) as error:
-            _probe_error = f"{type(error).__name__}: {error}"
-            logger.warning("numba convolution kernels failed their first run: %s", _probe_error)
-        _probe_done = True
-    return _probe_error is None
+    return _PROBE.available()
 
 
 def unavailable_reason() -> str | None:
     """Return why ``available()`` is False, or None when it is True or was never called."""
-    if os.environ.get(DISABLE_ENV_VAR, "") == "1":
-        return f"disabled by {DISABLE_ENV_VAR}=1"
-    return _probe_error
+    return _PROBE.unavailable_reason()
 
 
 def _run_probe() -> None:
@@ -366,3 +351,6 @@ def _run_probe() -> None:
         expected = causal_conv1d(x.transpose(1, 2), weight, bias).transpose(1, 2)
     if not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
         raise RuntimeError(f"probe convolution returned {out.flatten().tolist()}, expected {expected.flatten().tolist()}")
+
+
+_PROBE = KernelProbe("convolution", _run_probe)

@@ -28,21 +28,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 
 import numba
 import numpy as np
 import torch
 from llvmlite import ir
 from numba import prange, types
-from numba.core.errors import NumbaError
 from numba.extending import intrinsic, overload
 
+from mambakit.ops.kernel_probe import (
+    DISABLE_ENV_VAR as DISABLE_ENV_VAR,  # tests and users read it here
+)
+from mambakit.ops.kernel_probe import KernelProbe
 from mambakit.ops.selective_scan import _check_shapes, selective_scan_reference
 
 logger = logging.getLogger(__name__)
 
-DISABLE_ENV_VAR = "MAMBAKIT_DISABLE_NUMBA"
 
 # Steps between two stored states. The backward pass keeps the states of one chunk per channel
 # block in a local buffer, so a longer interval costs cache space there. A shorter one costs memory
@@ -682,33 +683,17 @@ def selective_state_update_cpu(
 
 # --- availability -----------------------------------------------------------------------------
 
-_probe_error: str | None = None
-_probe_done = False
-
-
 def available() -> bool:
     """Return whether the kernels can run here, compiling (or loading from cache) a tiny scan once.
 
-    Setting ``MAMBAKIT_DISABLE_NUMBA=1`` makes this return False, to force the reference scan.
+    Setting ``MAMBAKIT_DISABLE_NUMBA=1`` makes this return False, to force the reference.
     """
-    global _probe_done, _probe_error
-    if os.environ.get(DISABLE_ENV_VAR, "") == "1":
-        return False
-    if not _probe_done:
-        try:
-            _run_probe()
-        except (NumbaError, RuntimeError, OSError) as error:
-            _probe_error = f"{type(error).__name__}: {error}"
-            logger.warning("numba scan kernels failed their first run: %s", _probe_error)
-        _probe_done = True
-    return _probe_error is None
+    return _PROBE.available()
 
 
 def unavailable_reason() -> str | None:
     """Return why ``available()`` is False, or None when it is True or was never called."""
-    if os.environ.get(DISABLE_ENV_VAR, "") == "1":
-        return f"disabled by {DISABLE_ENV_VAR}=1"
-    return _probe_error
+    return _PROBE.unavailable_reason()
 
 
 def _run_probe() -> None:
@@ -725,3 +710,6 @@ def _run_probe() -> None:
         expected = selective_scan_reference(u, delta, A, B, C, delta_softplus=True)
     if not torch.allclose(y, expected, rtol=1e-4, atol=1e-5):
         raise RuntimeError(f"probe scan returned {y.flatten().tolist()}, expected {expected.flatten().tolist()}")
+
+
+_PROBE = KernelProbe("scan", _run_probe)
