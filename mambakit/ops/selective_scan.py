@@ -294,6 +294,7 @@ def selective_state_update(
     backends fuse the whole update into one kernel, so a decode step makes one pass over the
     state instead of one per elementwise op. ``"mamba_ssm"`` falls back to the reference here.
     """
+    _check_update_shapes(state, x, dt, A, B, C, D, z, dt_bias)
     chosen = resolve_backend(backend, state.device)
     args = (state, x, dt, A, B, C)
     kwargs = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
@@ -354,3 +355,23 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
     for name, (tensor, shape) in expected.items():
         if tensor is not None and tuple(tensor.shape) != shape:
             raise ValueError(f"{name} must have shape {shape} to match u and A, got {tuple(tensor.shape)}")
+
+
+def _check_update_shapes(state, x, dt, A, B, C, D, z, dt_bias) -> None:
+    """Raise ValueError unless the one-token update's arguments match ``state`` (b, d, n)."""
+    if state.dim() != 3:
+        raise ValueError(f"state must be (batch, d_inner, d_state), got shape {tuple(state.shape)}")
+    batch, d_inner, d_state = state.shape
+    expected = {
+        "x": (x, (batch, d_inner)),
+        "dt": (dt, (batch, d_inner)),
+        "A": (A, (d_inner, d_state)),
+        "B": (B, (batch, d_state)),
+        "C": (C, (batch, d_state)),
+        "D": (D, (d_inner,)),
+        "z": (z, (batch, d_inner)),
+        "dt_bias": (dt_bias, (d_inner,)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} to match state, got {tuple(tensor.shape)}")

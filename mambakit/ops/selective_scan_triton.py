@@ -45,7 +45,7 @@ import os
 import torch
 
 from mambakit.ops.causal_conv import causal_conv1d
-from mambakit.ops.selective_scan import _check_shapes, selective_scan_reference
+from mambakit.ops.selective_scan import _check_shapes, _check_update_shapes, selective_scan_reference
 
 try:
     import triton
@@ -676,22 +676,8 @@ def selective_state_update_triton(
     B, C: (b, n), D, dt_bias: (d,). Returns y (b, d) in the dtype of ``x``. The update runs in
     fp32 and is rounded to the dtype of ``state`` when stored. Not differentiable.
     """
-    if state.dim() != 3:
-        raise ValueError(f"state must be (batch, d_inner, d_state), got shape {tuple(state.shape)}")
+    _check_update_shapes(state, x, dt, A, B, C, D, z, dt_bias)
     batch, d_inner, d_state = state.shape
-    expected = {
-        "x": (x, (batch, d_inner)),
-        "dt": (dt, (batch, d_inner)),
-        "A": (A, (d_inner, d_state)),
-        "B": (B, (batch, d_state)),
-        "C": (C, (batch, d_state)),
-        "D": (D, (d_inner,)),
-        "z": (z, (batch, d_inner)),
-        "dt_bias": (dt_bias, (d_inner,)),
-    }
-    for name, (tensor, shape) in expected.items():
-        if tensor is not None and tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} to match state, got {tuple(tensor.shape)}")
     _check_device("state", state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
 
     y = x.new_empty(batch, d_inner)
