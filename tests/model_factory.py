@@ -11,7 +11,7 @@ def make_model(seed: int = 0, **overrides) -> Mamba:
     settings.update(overrides)
     torch.manual_seed(seed)
     model = Mamba(MambaConfig(**settings)).eval()
-    # Spread A and D away from their initial values so the scan sees varied dynamics.
+    # Spread A and D away from their initial values so the scan runs with varied dynamics.
     with torch.no_grad():
         for layer in model.backbone.layers:
             layer.mixer.D.normal_()

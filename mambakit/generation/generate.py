@@ -6,7 +6,7 @@ Two levels:
 - ``generate`` / ``stream_generate`` take text, stop at EOS or stop strings, and stream text
   without ever splitting a multi-byte character.
 
-Prompts of different lengths in one call are left-padded into one batch; the mask keeps the
+Prompts of different lengths in one call are left-padded into one batch. The mask keeps the
 padding out of the recurrent state, so each prompt yields the same tokens as it would alone.
 """
 

@@ -4,7 +4,7 @@ Shape letters: b batch, l length, m ``d_model``, V ``vocab_size`` (padded).
 
 Module names follow the checkpoint keys of ``state-spaces/mamba-*`` (``backbone.embedding``,
 ``backbone.layers.{i}.mixer.*``, ``backbone.norm_f``, ``lm_head``), so loading is a one-to-one
-mapping; ``models.checkpoint`` renames the few keys that differ in the transformers layout.
+mapping. ``models.checkpoint`` renames the few keys that differ in the transformers layout.
 """
 
 from __future__ import annotations

@@ -69,8 +69,8 @@ def selective_scan_reference(
         y with the dtype of ``u``, (b, l, d); and if ``return_final_state``, the final state
         (b, d, n) in fp32.
 
-    Only the running state (b, d, n) lives at a time; the (b, l, d, n) tensor of all states is
-    never built, though autograd keeps what each step needs for the backward pass.
+    Only the running state (b, d, n) exists at a time, and the (b, l, d, n) tensor of all states
+    is never built. Autograd still keeps what each step needs for the backward pass.
     """
     input_dtype = u.dtype
     u = u.float()

@@ -3,7 +3,7 @@
 Documents are joined into one token stream with EOS between them, so the model learns where a
 text ends. Training draws windows of ``seq_len + 1`` tokens at random offsets (inputs and
 next-token targets); validation walks its split in fixed, non-overlapping windows so every
-evaluation sees the same tokens.
+evaluation uses the same tokens.
 
 ``build_splits`` keeps the whole token stream in memory. ``shards.open_shards`` gives the same
 two splits from memory-mapped files written by ``mambakit data prepare``; ``sample_batch`` and
