@@ -96,6 +96,7 @@ def causal_conv1d_step(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     activation: bool = True,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Advance the convolution by one input, updating ``window`` in place.
 
@@ -103,10 +104,27 @@ def causal_conv1d_step(
         x: (b, d) the new input.
         window: (b, d, k) the last k inputs; its oldest entry is dropped and ``x`` appended.
         weight: (d, k).  bias: (d,) or None.
+        activation: apply SiLU to the output.
+        backend: a selective-scan backend name. When it resolves to "cpu", a numba kernel does
+            the shift and the dot products in one pass (``causal_conv_cpu.causal_conv1d_step_cpu``),
+            and when it resolves to "triton", a Triton kernel does. Otherwise, or for inputs the
+            numba kernel does not cover, the torch ops below run.
 
     Returns:
         (b, d) output for this step.
     """
+    resolved = resolve_backend(backend, x.device)
+    if resolved == "cpu":
+        from mambakit.ops import causal_conv_cpu
+
+        if causal_conv_cpu.available():
+            out = causal_conv_cpu.causal_conv1d_step_cpu(x, window, weight, bias, activation=activation)
+            if out is not None:
+                return out
+    elif resolved == "triton":
+        from mambakit.ops.selective_scan_triton import causal_conv1d_update_triton
+
+        return causal_conv1d_update_triton(x, window, weight, bias, activation=activation)
     window.copy_(torch.roll(window, shifts=-1, dims=2))
     window[:, :, -1] = x
     out = torch.einsum("bdk,dk->bd", window, weight)

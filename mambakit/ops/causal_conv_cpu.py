@@ -42,6 +42,7 @@ from mambakit.ops.selective_scan_cpu import (
     _check_cpu,
     _compute_dtype,
     _sigmoid,
+    _task_block,
     _threads_for,
 )
 from mambakit.ops.selective_scan_cpu import (
@@ -97,9 +98,7 @@ def _conv_forward_kernel(x, history, weight_t, bias, activation, block, out):
     n_blocks = (d_inner + block - 1) // block
 
     for task in prange(batch * n_blocks):
-        b = task // n_blocks
-        d0 = (task - b * n_blocks) * block
-        d1 = min(d0 + block, d_inner)
+        b, d0, d1 = _task_block(task, n_blocks, block, d_inner)
         width = d1 - d0
         acc = np.empty(width, dtype=out.dtype)
 
@@ -129,9 +128,7 @@ def _conv_backward_kernel(x, history, weight_t, bias, activation, block, grad_ou
     n_blocks = (d_inner + block - 1) // block
 
     for task in prange(batch * n_blocks):
-        b = task // n_blocks
-        d0 = (task - b * n_blocks) * block
-        d1 = min(d0 + block, d_inner)
+        b, d0, d1 = _task_block(task, n_blocks, block, d_inner)
         width = d1 - d0
         acc = np.empty(width, dtype=grad_x.dtype)
         grad_weight_acc = np.zeros((taps, width), dtype=grad_x.dtype)
@@ -189,6 +186,39 @@ def _conv_backward_kernel(x, history, weight_t, bias, activation, block, grad_ou
                 grad_weight_parts[b, j, d0 + c] = grad_weight_acc[j, c]
         for c in range(width):
             grad_bias_parts[b, d0 + c] = grad_bias_acc[c]
+
+
+@numba.njit(**_JIT)
+def _conv_step_kernel(x, window, weight, bias, activation, block, out):
+    """Shift ``x`` (b, d) into ``window`` (b, d, k) in place and write the new output to ``out`` (b, d).
+
+    weight: (d, k). bias: (d,). Each task takes one batch row and ``block`` channels. The window
+    row of a channel is k contiguous values, so the shift and the dot product touch one short
+    run of memory.
+    """
+    batch, d_inner, taps = window.shape
+    n_blocks = (d_inner + block - 1) // block
+    for task in prange(batch * n_blocks):
+        b, d0, d1 = _task_block(task, n_blocks, block, d_inner)
+        acc = np.empty(d1 - d0, dtype=out.dtype)
+        for d in range(d0, d1):
+            row = window[b, d]
+            w_row = weight[d]
+            total = bias[d]
+            for j in range(taps - 1):
+                value = row[j + 1]
+                row[j] = value
+                total += w_row[j] * value
+            value = x[b, d]
+            row[taps - 1] = value
+            acc[d - d0] = total + w_row[taps - 1] * value
+        out_row = out[b, d0:d1]
+        if activation:
+            for c in range(d1 - d0):
+                out_row[c] = acc[c] * _sigmoid(acc[c])
+        else:
+            for c in range(d1 - d0):
+                out_row[c] = acc[c]
 
 
 # --- torch glue -------------------------------------------------------------------------------
@@ -320,6 +350,48 @@ def causal_conv1d_cpu(
     history = _history(window, batch, channels, width, dtype)
     out = _CausalConvFunction.apply(x.to(dtype), weight.to(dtype), bias_filled, history, bool(activation))
     return out.to(x.dtype)
+
+
+def causal_conv1d_step_cpu(
+    x: torch.Tensor,
+    window: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: bool = True,
+) -> torch.Tensor | None:
+    """Advance the convolution by one input with the numba kernel, updating ``window`` in place.
+
+    Args and returns are those of ``causal_conv.causal_conv1d_step``: x (b, d), window (b, d, k),
+    weight (d, k), bias (d,) or None. Not differentiable.
+
+    Returns None, leaving ``window`` untouched, when the kernel does not cover the inputs: any of
+    them off the CPU, a dtype other than fp32 or fp64 or not the same for all, a non-contiguous
+    window, or autograd asked for. The caller then runs the torch version.
+    """
+    tensors = (x, window, weight) + ((bias,) if bias is not None else ())
+    dtype = window.dtype
+    if (
+        dtype not in (torch.float32, torch.float64)
+        or any(t.device.type != "cpu" or t.dtype != dtype for t in tensors)
+        or not window.is_contiguous()
+        or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    ):
+        return None
+    batch, channels, width = window.shape
+    if x.shape != (batch, channels) or weight.shape != (channels, width):
+        raise ValueError(
+            f"x must be ({batch}, {channels}) and weight ({channels}, {width}) to match the window "
+            f"{tuple(window.shape)}, got {tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+    # Copies of the parameters, not views: a numpy view would pin the storage that FSDP frees.
+    bias_array = bias.detach().numpy().copy() if bias is not None else np.zeros(channels, dtype=window.numpy().dtype)
+    out = torch.empty(batch, channels, dtype=dtype)
+    with _threads_for(batch * channels * width):
+        _conv_step_kernel(
+            x.detach().numpy(), window.detach().numpy(), weight.detach().numpy().copy(), bias_array,
+            bool(activation), CHANNEL_BLOCK, out.numpy(),
+        )  # fmt: skip
+    return out
 
 
 # --- availability -----------------------------------------------------------------------------

@@ -67,6 +67,9 @@ BACKWARD_BLOCK_FLOATS = 1024
 # on one thread.
 SERIAL_WORK_LIMIT = 2**17
 
+# Channels per task of the one-token update. At d_inner 1536 and batch 1 this gives 24 tasks.
+UPDATE_BLOCK = 64
+
 # Fast-math flags without "nnan" and "ninf", so NaN and inf inputs are not assumed away.
 # "reassoc" lets LLVM vectorize the sums over channels, and "afn" allows approximate math calls.
 _FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -177,6 +180,17 @@ def _overload_sigmoid(x):
 # --- kernels ----------------------------------------------------------------------------------
 
 
+@numba.njit(cache=True, nogil=True)
+def _task_block(task, n_blocks, block, d_inner):
+    """Return (batch row, first channel, end channel) of parallel task ``task``.
+
+    Kernels split the work into batch * n_blocks tasks of ``block`` neighbouring channels each.
+    """
+    b = task // n_blocks
+    d0 = (task - b * n_blocks) * block
+    return b, d0, min(d0 + block, d_inner)
+
+
 @numba.njit(**_JIT)
 def _scan_forward_kernel(
     u, delta, A_t, B, C, D, delta_bias, z, has_z, delta_softplus,
@@ -195,9 +209,7 @@ def _scan_forward_kernel(
     n_blocks = (d_inner + block - 1) // block
 
     for task in prange(batch * n_blocks):
-        b = task // n_blocks
-        d0 = (task - b * n_blocks) * block
-        d1 = min(d0 + block, d_inner)
+        b, d0, d1 = _task_block(task, n_blocks, block, d_inner)
         width = d1 - d0
 
         # State and A of the block as (n, channels), so the inner loop runs over channels.
@@ -414,32 +426,60 @@ def _scan_backward_kernel(
 
 
 @numba.njit(**_JIT)
-def _state_update_kernel(state, x, dt, A, B, C, D, dt_bias, z, has_z, dt_softplus, y):
+def _state_update_kernel(state, x, dt, A, B, C, D, dt_bias, z, has_z, dt_softplus, block, y):
     """Advance ``state`` (b, d, n) by one token in place and write ``y`` (b, d).
 
     x, dt, z: (b, d). A: (d, n). B, C: (b, n). D, dt_bias: (d,). z is ignored unless ``has_z``.
+    Each task takes one batch row and ``block`` neighbouring channels. The step sizes and the
+    gate are computed for the whole block first, in loops over channels that vectorize. Inside
+    the per-channel state loop, softplus and sigmoid ran as scalar code and took three quarters
+    of a batch-64 update at the 130m shapes (2-core AMD EPYC).
     """
     batch, d_inner, d_state = state.shape
-    zero = np.zeros(1, dtype=state.dtype)[0]
-    for task in prange(batch * d_inner):
-        b = task // d_inner
-        d = task - b * d_inner
-        step = dt[b, d] + dt_bias[d]
+    n_blocks = (d_inner + block - 1) // block
+    for task in prange(batch * n_blocks):
+        b, d0, d1 = _task_block(task, n_blocks, block, d_inner)
+        width = d1 - d0
+        x_row = x[b, d0:d1]
+        dt_row = dt[b, d0:d1]
+        bias_block = dt_bias[d0:d1]
+
+        step = np.empty(width, dtype=state.dtype)
         if dt_softplus:
-            step = _softplus(step)
-        step_x = step * x[b, d]
+            for c in range(width):
+                step[c] = _softplus(dt_row[c] + bias_block[c])
+        else:
+            for c in range(width):
+                step[c] = dt_row[c] + bias_block[c]
+        out = np.empty(width, dtype=state.dtype)
+        D_block = D[d0:d1]
+        for c in range(width):
+            out[c] = D_block[c] * x_row[c]
 
-        acc = zero
-        for k in range(d_state):
-            h = _exp(step * A[d, k]) * state[b, d, k] + step_x * B[b, k]
-            state[b, d, k] = h
-            acc += h * C[b, k]
+        B_row = B[b]
+        C_row = C[b]
+        for c in range(width):
+            d = d0 + c
+            step_c = step[c]
+            step_x = step_c * x_row[c]
+            h_row = state[b, d]
+            A_row = A[d]
+            acc = out[c]
+            for k in range(d_state):
+                h = _exp(step_c * A_row[k]) * h_row[k] + step_x * B_row[k]
+                h_row[k] = h
+                acc += h * C_row[k]
+            out[c] = acc
 
-        out = acc + D[d] * x[b, d]
+        y_row = y[b, d0:d1]
         if has_z:
-            gate = z[b, d]
-            out = out * gate * _sigmoid(gate)
-        y[b, d] = out
+            z_row = z[b, d0:d1]
+            for c in range(width):
+                gate = z_row[c]
+                y_row[c] = out[c] * gate * _sigmoid(gate)
+        else:
+            for c in range(width):
+                y_row[c] = out[c]
 
 
 # --- torch glue -------------------------------------------------------------------------------
@@ -659,7 +699,7 @@ def selective_state_update_cpu(
         _state_update_kernel(
             state_array, as_array(x), as_array(dt), as_array(A), as_array(B), as_array(C),
             as_array(D, (d_inner,)), as_array(dt_bias, (d_inner,)), as_array(z, (0, 0)), z is not None,
-            bool(dt_softplus), y.numpy(),
+            bool(dt_softplus), UPDATE_BLOCK, y.numpy(),
         )  # fmt: skip
     if work is not state:
         with torch.no_grad():

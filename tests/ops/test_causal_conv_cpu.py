@@ -176,3 +176,50 @@ def test_invalid_shapes_raise():
         cpu.causal_conv1d_cpu(x, weight, bias, window=window[:1])
     with pytest.raises(ValueError, match="x must be"):
         cpu.causal_conv1d_cpu(x[0], weight, bias)
+
+
+def _torch_step(x, window, weight, bias, activation):
+    """The torch ops of ``causal_conv1d_step``, on a copy of the window."""
+    window = window.clone()
+    window.copy_(torch.roll(window, shifts=-1, dims=2))
+    window[:, :, -1] = x
+    out = torch.einsum("bdk,dk->bd", window, weight)
+    if bias is not None:
+        out = out + bias
+    return (torch.nn.functional.silu(out) if activation else out), window
+
+
+@pytest.mark.parametrize(
+    "width, batch, with_bias, activation, dtype",
+    [(4, 3, True, True, torch.float32), (2, 1, False, True, torch.float32),
+     (3, 2, True, False, torch.float64), (1, 2, True, True, torch.float32)],
+)
+def test_step_kernel_matches_torch_ops(width, batch, with_bias, activation, dtype):
+    _, x_seq, weight, bias, window = make_inputs(batch, 1, width, with_bias, True, strided=True, dtype=dtype)
+    x = x_seq[:, 0]  # (b, d), a view with row stride 2d
+    expected, expected_window = _torch_step(x, window, weight, bias, activation)
+    out = cpu.causal_conv1d_step_cpu(x, window, weight, bias, activation=activation)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(window, expected_window, rtol=0, atol=0)
+
+
+def test_steps_continue_a_sequence():
+    _, x, weight, bias, _ = make_inputs(2, 9, 4, True, False, strided=False)
+    window = torch.zeros(2, CHANNELS, 4)
+    with torch.no_grad():
+        stepped = torch.stack([cpu.causal_conv1d_step_cpu(x[:, t], window, weight, bias) for t in range(9)], 1)
+    expected = causal_conv1d(x.transpose(1, 2), weight, bias).transpose(1, 2)
+    torch.testing.assert_close(stepped, expected)
+
+
+def test_step_kernel_declines_what_it_does_not_cover():
+    _, x_seq, weight, bias, window = make_inputs(2, 1, 4, True, True, strided=False)
+    x = x_seq[:, 0]
+    before = window.clone()
+    assert cpu.causal_conv1d_step_cpu(x.bfloat16(), window, weight, bias) is None
+    assert cpu.causal_conv1d_step_cpu(x, window.transpose(1, 2).contiguous().transpose(1, 2), weight, bias) is None
+    trainable = weight.clone().requires_grad_()
+    assert cpu.causal_conv1d_step_cpu(x, window, trainable, bias) is None
+    torch.testing.assert_close(window, before, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"x must be \(2, 5\) and weight \(5, 4\)"):
+        cpu.causal_conv1d_step_cpu(x[:, :3], window, weight, bias)

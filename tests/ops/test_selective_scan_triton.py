@@ -463,18 +463,24 @@ def test_model_forward_with_triton_backend():
 
 
 def test_model_step_with_triton_decode_ops(monkeypatch):
-    # The state update goes through the backend dispatch; the conv step is swapped by name.
-    from mambakit.modules import mixer as mixer_module
+    # Both the state update and the conv step go through the backend dispatch.
+    calls = []
+    original = triton_ops.causal_conv1d_update_triton
 
+    def counted_update(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(triton_ops, "causal_conv1d_update_triton", counted_update)
     model = tiny_model()
     input_ids = torch.randint(0, 32, (2, 3), device=DEVICE)
     logits = {}
     for name in ("reference", "triton"):
-        if name == "triton":
-            monkeypatch.setattr(mixer_module, "causal_conv1d_step", triton_ops.causal_conv1d_update_triton)
         cache = model.allocate_cache(2)
         logits[name] = torch.stack([model.step(input_ids[:, t], cache, backend=name) for t in range(3)], dim=1)
     assert_close_scaled(logits["triton"], logits["reference"], "logits", 1e-5)
+    # One conv step per layer and token, all of them in the triton run.
+    assert len(calls) == model.config.n_layer * 3
 
 
 # --- CUDA only --------------------------------------------------------------------------------
