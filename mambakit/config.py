@@ -97,6 +97,9 @@ class MambaConfig:
     tie_embeddings: bool = True
     pad_vocab_size_multiple: int = 8
     mixer: str = "mamba"
+    # False drops the mixer's gate branch z, which gives the "no gate" architecture of the
+    # Selective Copying table in Gu and Dao (2023). Published checkpoints are all gated.
+    gated: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
@@ -120,6 +123,8 @@ class MambaConfig:
             raise ConfigError(f"dt_init must be 'random' or 'constant', got {self.dt_init!r}")
         if self.mixer not in MIXERS:
             raise ConfigError(f"mixer must be one of {', '.join(MIXERS)}, got {self.mixer!r}")
+        if not isinstance(self.gated, bool):
+            raise ConfigError(f"gated must be true or false, got {self.gated!r}")
 
     @property
     def d_inner(self) -> int:
@@ -170,8 +175,11 @@ class MambaConfig:
 
     def to_dict(self, layout: str = "hf") -> dict[str, Any]:
         """Return the config as a ``config.json`` dictionary in ``layout`` ("hf" or "original")."""
-        if self.mixer != "mamba":
-            raise ConfigError(f"mixer {self.mixer!r} has no published layout; save it with layout='mambakit'")
+        if layout in ("hf", "original"):
+            if self.mixer != "mamba":
+                raise ConfigError(f"mixer {self.mixer!r} has no published layout; save it with layout='mambakit'")
+            if not self.gated:
+                raise ConfigError("ungated mixers (gated=False) have no published layout; save with layout='mambakit'")
         if layout == "hf":
             return _to_hf(self)
         if layout == "original":

@@ -49,6 +49,7 @@ def _build_mixer(config: MambaConfig, layer_idx: int) -> nn.Module | None:
             dt_max=config.dt_max,
             conv_bias=config.conv_bias,
             bias=config.bias,
+            gated=config.gated,
         )
     return None  # MambaBlock builds the Mamba mixer
 

@@ -5,11 +5,11 @@ r ``dt_rank``, k ``d_conv``.
 
 Data flow (names follow the published checkpoints, so loading is one-to-one):
 
-    in_proj: (b, l, m) -> x, z (b, l, d) each
+    in_proj: (b, l, m) -> x, z (b, l, d) each; x alone when ``config.gated`` is False
     conv1d:  causal depthwise convolution of x, then SiLU
     x_proj:  x -> dt (b, l, r), B (b, l, n), C (b, l, n)     the selection mechanism
     dt_proj: dt -> (b, l, d); softplus(dt + dt_proj.bias) is the step size Delta
-    scan:    y = selective_scan(x, Delta, A = -exp(A_log), B, C, D), gated by silu(z)
+    scan:    y = selective_scan(x, Delta, A = -exp(A_log), B, C, D), gated by silu(z) if gated
     out_proj: (b, l, d) -> (b, l, m)
 """
 
@@ -39,7 +39,8 @@ class MambaMixer(nn.Module):
         self.layer_idx = layer_idx
         d_inner, d_state, dt_rank = config.d_inner, config.d_state, config.dt_rank
 
-        self.in_proj = nn.Linear(config.d_model, 2 * d_inner, bias=config.bias)
+        self.gated = config.gated
+        self.in_proj = nn.Linear(config.d_model, (2 if config.gated else 1) * d_inner, bias=config.bias)
         self.conv1d = nn.Conv1d(
             d_inner, d_inner, kernel_size=config.d_conv, groups=d_inner, padding=config.d_conv - 1, bias=config.conv_bias
         )
@@ -78,6 +79,14 @@ class MambaMixer(nn.Module):
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         self.dt_proj.bias._no_reinit = True
 
+    def _project_input(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return x and the gate input z, (..., d) each; z is None for an ungated mixer."""
+        projected = self.in_proj(hidden_states)
+        if not self.gated:
+            return projected, None
+        x, z = projected.chunk(2, dim=-1)
+        return x, z
+
     def _split_projection(self, x: torch.Tensor):
         """Project x to (dt before bias, B, C): shapes (..., d), (..., n), (..., n)."""
         config = self.config
@@ -106,15 +115,14 @@ class MambaMixer(nn.Module):
         Returns:
             (b, l, m).
         """
-        xz = self.in_proj(hidden_states)
-        x, z = xz.chunk(2, dim=-1)  # (b, l, d) each
+        x, z = self._project_input(hidden_states)  # (b, l, d) each, z None if ungated
         mask = None if attention_mask is None else attention_mask[:, :, None].to(x.dtype)
         if mask is not None:
             x = x * mask
 
         window, state = cache if cache is not None else (None, None)
-        # On CPU the fused kernels read x as a view into xz and write a contiguous (b, l, d)
-        # output for the scan, so no transposes or copies surround the convolution.
+        # On CPU the fused kernels read x as a view into the in_proj output and write a contiguous
+        # (b, l, d) output for the scan, so no transposes or copies surround the convolution.
         conv_weight = self.conv1d.weight[:, 0, :]
         x_conv = causal_conv1d_channels_last(x, conv_weight, self.conv1d.bias, window=window, backend=backend)
         if window is not None:
@@ -160,8 +168,8 @@ class MambaMixer(nn.Module):
             (b, m).
         """
         window, state = cache
-        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (b, d) each
-        x = causal_conv1d_step(x, window, self.conv1d.weight[:, 0, :], self.conv1d.bias)
+        x, z = self._project_input(hidden_states)  # (b, d) each, z None if ungated
+        x = causal_conv1d_step(x, window, self.conv1d.weight[:, 0, :], self.conv1d.bias, backend=backend)
         dt, B, C = self._split_projection(x)
         A = self._decode_state_matrix()
         y = selective_state_update(

@@ -109,6 +109,21 @@ def add_tasks_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
             "--eval-samples", type=int, default=256, help="held-out sequences per length (default 256)"
         )
         command.add_argument(
+            "--no-gate", action="store_true",
+            help="drop the mixers' gate branch, as in the 'no gate' rows of the Mamba paper (Gu and Dao, 2023)",
+        )
+        command.add_argument(
+            "--weight-decay", type=float, default=0.1,
+            help="AdamW weight decay of the weight matrices; A, D, Δ, biases and norms get none (default 0.1)",
+        )
+        command.add_argument("--d-model", type=int, default=64, help="model width (default 64)")
+        command.add_argument("--n-layer", type=int, default=2, help="residual blocks (default 2)")
+        command.add_argument(
+            "--log-every", type=int, default=None,
+            help="steps between learning-curve entries, logged with -v and kept in --json "
+            "(default: about 50 per run)",
+        )
+        command.add_argument(
             "--threads", type=int, default=None,
             help="CPU threads for torch and the numba scan (default: leave both as they are)",
         )
@@ -137,7 +152,7 @@ def format_table(results: list) -> str:
     rows = [header]
     for result in results:
         row = [
-            result.mixer,
+            result.mixer if result.gated else f"{result.mixer} (no gate)",
             str(result.num_parameters),
             str(result.steps),
             f"{result.train_seconds:.1f}",
@@ -167,12 +182,17 @@ def run_tasks_command(args: argparse.Namespace) -> int:
             task,
             mixer,
             args.steps,
+            gated=not args.no_gate,
             batch_size=args.batch_size,
             lr=args.lr,
+            weight_decay=args.weight_decay,
             seed=args.seed,
             eval_lengths=args.eval_lengths,
             eval_samples=args.eval_samples,
+            d_model=args.d_model,
+            n_layer=args.n_layer,
             progress=not args.no_progress,
+            log_every=args.log_every,
         )
         results.append(result)
 

@@ -4,9 +4,10 @@ Run from the repository root with matplotlib installed (``pip install -e .[plot]
 
     python -m mambakit.tasks.plot copying.json induction.json --out accuracy.png
 
-Each JSON file contains one task's results. Selective Copying becomes a bar per mixer, and
-Induction Heads a line per mixer over the evaluated lengths, so extrapolation shows as a flat
-line to the right of the training length.
+Each JSON file contains one task's results. Files of the same task and training length share
+a panel, so a gated and a ``--no-gate`` run appear side by side. Selective Copying becomes a bar
+per model, and Induction Heads a line per model over the evaluated lengths, so extrapolation
+shows as a flat line to the right of the training length.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ def plot_results(records: list[dict], path: str | Path) -> None:
 
     if not records:
         raise ValueError("no results to plot; pass at least one JSON file written by --json")
-    figure, axes = plt.subplots(1, len(records), figsize=(4.5 * len(records), 3.4), squeeze=False)
-    for axis, record in zip(axes[0], records):
+    panels: dict[tuple[str, int], tuple[dict, list[dict]]] = {}
+    for record in records:
         task = record["task"]
-        results = record["results"]
+        panels.setdefault((task["name"], task["seq_len"]), (task, []))[1].extend(record["results"])
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    for axis, (task, results) in zip(axes[0], panels.values()):
         if task["name"] == "induction-heads":
             _plot_lengths(axis, results)
             axis.axvline(task["seq_len"], color="gray", linestyle="--", linewidth=1, label="training length")
@@ -42,8 +46,9 @@ def plot_results(records: list[dict], path: str | Path) -> None:
         axis.axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
         axis.set_ylim(0, 1.05)
         axis.set_ylabel("accuracy")
-        steps = results[0]["steps"]
-        axis.set_title(f"{task['name']}, trained at {task['seq_len']} ({steps} steps)", fontsize=10)
+        steps = sorted({result["steps"] for result in results})
+        steps_text = "/".join(map(str, steps))
+        axis.set_title(f"{task['name']}, trained at {task['seq_len']} ({steps_text} steps)", fontsize=10)
         axis.legend(fontsize=8, loc="lower left")
         axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -51,10 +56,18 @@ def plot_results(records: list[dict], path: str | Path) -> None:
     plt.close(figure)
 
 
+def _label(result: dict) -> str:
+    # Files written before the gated field existed are all gated.
+    return result["mixer"] if result.get("gated", True) else f"{result['mixer']}\n(no gate)"
+
+
 def _plot_bars(axis, results: list[dict]) -> None:
-    names = [result["mixer"] for result in results]
+    names = [_label(result) for result in results]
     values = [result["accuracy"] for result in results]
-    bars = axis.bar(names, values, color=[COLORS.get(name, "gray") for name in names])
+    bars = axis.bar(names, values, color=[COLORS.get(result["mixer"], "gray") for result in results])
+    for bar, result in zip(bars, results):
+        if not result.get("gated", True):
+            bar.set_hatch("//")
     for bar, value in zip(bars, values):
         axis.text(bar.get_x() + bar.get_width() / 2, value + 0.02, f"{value:.2f}", ha="center", fontsize=9)
 
@@ -65,7 +78,11 @@ def _plot_lengths(axis, results: list[dict]) -> None:
         points = sorted((int(length), value) for length, value in result["eval_accuracy"].items())
         lengths = [length for length, _ in points]
         values = [value for _, value in points]
-        axis.plot(lengths, values, marker="o", color=COLORS.get(result["mixer"], "gray"), label=result["mixer"])
+        style = "-" if result.get("gated", True) else "--"
+        axis.plot(
+            lengths, values, style, marker="o", color=COLORS.get(result["mixer"], "gray"),
+            label=_label(result).replace("\n", " "),
+        )
     axis.set_xscale("log", base=2)
     axis.set_xlabel("evaluation length")
 

@@ -44,11 +44,13 @@ class TaskResult:
 
     ``accuracy`` is the share of answer positions predicted correctly (argmax of the logits) on
     held-out batches at the training length; ``eval_accuracy`` maps each evaluated length to
-    the same measure.
+    the same measure. ``history`` is the learning curve: one ``{"step", "loss", "accuracy"}``
+    entry per logged step, measured on that step's training batch.
     """
 
     task: str
     mixer: str
+    gated: bool
     steps: int
     seq_len: int
     accuracy: float
@@ -58,6 +60,7 @@ class TaskResult:
     num_parameters: int = 0
     train_seconds: float = 0.0
     backend: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def build_task(task: str | SelectiveCopying | InductionHeads, seq_len: int | None = None):
@@ -71,7 +74,9 @@ def build_task(task: str | SelectiveCopying | InductionHeads, seq_len: int | Non
     return task
 
 
-def build_model(task, mixer: str, d_model: int = 64, n_layer: int = 2, d_state: int = 16) -> Mamba:
+def build_model(
+    task, mixer: str, d_model: int = 64, n_layer: int = 2, d_state: int = 16, gated: bool = True
+) -> Mamba:
     """Build a ``Mamba`` LM sized for ``task``'s vocabulary with the given mixer."""
     if mixer not in MIXERS:
         raise ValueError(f"invalid mixer {mixer!r}; expected one of {', '.join(MIXERS)}")
@@ -81,6 +86,7 @@ def build_model(task, mixer: str, d_model: int = 64, n_layer: int = 2, d_state: 
         vocab_size=task.vocab_size,
         d_state=d_state,
         mixer=mixer,
+        gated=gated,
     )
     return Mamba(config)
 
@@ -130,6 +136,7 @@ def train_task(
     mixer: str,
     steps: int,
     seq_len: int | None = None,
+    gated: bool = True,
     batch_size: int = 32,
     lr: float = 2e-3,
     weight_decay: float = 0.1,
@@ -143,6 +150,7 @@ def train_task(
     eval_samples: int = 256,
     eval_batch_size: int = 32,
     progress: bool = True,
+    log_every: int | None = None,
 ) -> TaskResult:
     """Train a small ``Mamba`` LM on a synthetic task and return its held-out accuracy.
 
@@ -150,6 +158,7 @@ def train_task(
         task: a name from ``TASKS`` or a task object such as ``SelectiveCopying(seq_len=128)``.
         mixer: ``"mamba"`` (selective SSM) or ``"s4d"`` (LTI SSM with the same block structure).
         steps: optimizer steps, one fresh batch each.
+        gated: keep the mixer's gate branch. False gives the "no gate" architecture of Gu and Dao (2023).
         seq_len: training length (the context length for Selective Copying); None keeps the
             task's own.
         batch_size: sequences per step.
@@ -165,6 +174,8 @@ def train_task(
         eval_batch_size: sequences per evaluation forward pass; lower it for long lengths if
             memory is short.
         progress: show a tqdm progress bar.
+        log_every: steps between entries of ``TaskResult.history``, which are also logged at
+            INFO level; None logs about 50 times per run. The last step is always logged.
 
     Returns:
         ``TaskResult``. The Mamba mixer runs the selective scan with backend "auto", which is the
@@ -172,21 +183,26 @@ def train_task(
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    if log_every is None:
+        log_every = max(1, steps // 50)
+    elif log_every < 1:
+        raise ValueError(f"log_every must be at least 1, got {log_every}")
     task = build_task(task, seq_len)
     torch.manual_seed(seed)
-    model = build_model(task, mixer, d_model=d_model, n_layer=n_layer, d_state=d_state)
+    model = build_model(task, mixer, d_model=d_model, n_layer=n_layer, d_state=d_state, gated=gated)
     model.scan_backend = "auto"
     model.train()
     optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98))
     warmup = warmup_steps if warmup_steps is not None else max(1, steps // 10)
     generator = make_generator(seed)
     logger.info(
-        "training %s on %s: %d parameters, %d steps of %d sequences at length %d",
-        mixer, task.name, model.num_parameters(), steps, batch_size, task.seq_len,
+        "training %s%s on %s: %d parameters, %d steps of %d sequences at length %d",
+        mixer, "" if gated else " (no gate)", task.name, model.num_parameters(), steps, batch_size, task.seq_len,
     )
 
     start = time.perf_counter()
     loss_value = math.nan
+    history = []
     bar = tqdm(range(steps), disable=not progress, desc=f"{task.name} {mixer}", unit="step")
     for step in bar:
         for group in optimizer.param_groups:
@@ -199,6 +215,10 @@ def train_task(
         loss_value = loss.item()
         if step % 10 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{hits.float().mean().item():.2f}")
+        if (step + 1) % log_every == 0 or step == steps - 1:
+            train_accuracy = hits.float().mean().item()
+            history.append({"step": step + 1, "loss": loss_value, "accuracy": train_accuracy})
+            logger.info("step %d: loss %.4f, batch accuracy %.3f", step + 1, loss_value, train_accuracy)
     train_seconds = time.perf_counter() - start
 
     # The LTI mixer runs no scan, so the recorded backend only means something for Mamba.
@@ -219,6 +239,7 @@ def train_task(
     return TaskResult(
         task=task.name,
         mixer=mixer,
+        gated=gated,
         steps=steps,
         seq_len=task.seq_len,
         accuracy=accuracy,
@@ -228,4 +249,5 @@ def train_task(
         num_parameters=model.num_parameters(),
         train_seconds=train_seconds,
         backend=backend,
+        history=history,
     )

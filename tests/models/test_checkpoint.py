@@ -195,3 +195,22 @@ def test_saved_files_follow_umask(tmp_path):
         os.umask(old_mask)
     for name in ("model.safetensors", "config.json"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+
+
+def test_ungated_and_s4d_round_trip(tmp_path):
+    torch.manual_seed(0)
+    s4d = Mamba(MambaConfig(d_model=32, n_layer=2, vocab_size=64, d_state=4, mixer="s4d")).eval()
+    for name, model in (("ungated", make_model(vocab_size=64, gated=False)), ("s4d", s4d)):
+        with pytest.raises(ConfigError, match="no published layout"):
+            model.save_pretrained(tmp_path / f"{name}-hf", layout="hf")
+        model.save_pretrained(tmp_path / name, layout="mambakit")
+        loaded = Mamba.from_pretrained(tmp_path / name)
+        assert loaded.config == model.config
+        input_ids = torch.arange(10)[None]
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(input_ids), model(input_ids))
+
+
+def test_gated_must_be_bool():
+    with pytest.raises(ConfigError, match="gated must be true or false, got 'no'"):
+        MambaConfig(gated="no")

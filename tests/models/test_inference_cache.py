@@ -81,3 +81,17 @@ def test_cache_batch_mismatch_raises(tiny_model):
     cache = tiny_model.allocate_cache(2)
     with pytest.raises(ValueError, match="cache contains 2 sequences"):
         tiny_model(torch.zeros(3, 4, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_ungated_step_by_step_equals_full_forward(backend):
+    model = make_model(gated=False)
+    model.scan_backend = backend
+    assert model.backbone.layers[0].mixer.in_proj.out_features == model.config.d_inner
+    input_ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(input_ids)
+        cache = model.allocate_cache(2)
+        prefill = model(input_ids[:, :5], cache=cache)
+        stepped = torch.stack([model.step(input_ids[:, t], cache) for t in range(5, 9)], dim=1)
+    torch.testing.assert_close(torch.cat([prefill, stepped], dim=1), full, atol=1e-5, rtol=1e-5)

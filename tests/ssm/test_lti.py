@@ -162,3 +162,21 @@ def test_invalid_arguments_rejected():
         layer(torch.randn(2, 10, 5))
     with pytest.raises(ValueError, match="u_t must have shape"):
         layer.step(torch.randn(2, 10, 4), layer.initial_state(2))
+
+
+def test_fast_fft_length_is_smallest_smooth_length():
+    from mambakit.ssm.lti import fast_fft_length
+
+    def smooth(n):
+        for prime in (2, 3, 5):
+            while n % prime == 0:
+                n //= prime
+        return n == 1
+
+    for minimum in range(1, 400):
+        length = fast_fft_length(minimum)
+        assert length >= minimum
+        assert smooth(length)
+        assert not any(smooth(n) for n in range(minimum, length))
+    with pytest.raises(ValueError, match="minimum must be positive, got 0"):
+        fast_fft_length(0)

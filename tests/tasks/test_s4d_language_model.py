@@ -29,8 +29,10 @@ def test_s4d_forward_shape():
     assert torch.isfinite(logits).all()
 
 
-def test_s4d_backward_reaches_every_parameter():
-    model = _model()
+@pytest.mark.parametrize("gated", [True, False])
+def test_s4d_backward_reaches_every_parameter(gated):
+    model = _model(gated=gated)
+    assert model.backbone.layers[0].mixer.in_proj.out_features == (2 if gated else 1) * 64
     logits = model(torch.randint(0, 40, (2, 30)))
     logits.square().mean().backward()
     for name, parameter in model.named_parameters():
@@ -64,8 +66,9 @@ def test_s4d_gradient_checkpointing_matches():
     torch.testing.assert_close(checkpointed, plain)
 
 
-def test_s4d_is_causal():
-    model = _model()
+@pytest.mark.parametrize("gated", [True, False])
+def test_s4d_is_causal(gated):
+    model = _model(gated=gated)
     ids = torch.randint(0, 40, (1, 30))
     changed = ids.clone()
     changed[:, 20:] = (changed[:, 20:] + 1) % 40

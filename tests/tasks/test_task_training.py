@@ -51,6 +51,15 @@ def test_s4d_runner_trains():
     assert result.final_loss == result.final_loss  # not NaN
 
 
+def test_history_records_learning_curve():
+    task = SelectiveCopying(seq_len=16, num_memorize=4, num_data_tokens=4)
+    result = train_task(task, "mamba", steps=7, d_model=16, log_every=3, eval_samples=8, progress=False)
+    # Every third step, plus the last one.
+    assert [entry["step"] for entry in result.history] == [3, 6, 7]
+    assert result.history[-1]["loss"] == result.final_loss
+    assert all(0.0 <= entry["accuracy"] <= 1.0 for entry in result.history)
+
+
 def test_runner_invalid_arguments():
     with pytest.raises(ValueError, match="unknown task 'copying'"):
         build_task("copying")
@@ -58,3 +67,5 @@ def test_runner_invalid_arguments():
         train_task("induction-heads", "attention", steps=1)
     with pytest.raises(ValueError, match="steps must be at least 1, got 0"):
         train_task("induction-heads", "mamba", steps=0)
+    with pytest.raises(ValueError, match="log_every must be at least 1, got 0"):
+        train_task("induction-heads", "mamba", steps=1, log_every=0)

@@ -41,11 +41,14 @@ def test_tasks_parser_defaults():
 def test_tasks_parser_options():
     args = _parser().parse_args(
         ["tasks", "selective-copying", "--mixer", "s4d", "--steps", "7", "--seq-len", "32",
-         "--seed", "3", "--eval-lengths", "32, 64"]
+         "--seed", "3", "--eval-lengths", "32, 64", "--weight-decay", "0", "--no-gate", "--log-every", "5"]
     )
     assert args.task_name == "selective-copying"
     assert (args.mixer, args.steps, args.seq_len, args.seed) == ("s4d", 7, 32, 3)
     assert args.eval_lengths == [32, 64]
+    assert args.weight_decay == 0.0
+    assert args.no_gate is True
+    assert args.log_every == 5
 
 
 def test_tasks_parser_rejects_bad_values(capsys):
@@ -82,6 +85,17 @@ def test_tasks_command_prints_table(tmp_path, capsys, restore_threads):
     assert record["task"]["name"] == "induction-heads"
     assert [result["mixer"] for result in record["results"]] == ["mamba", "s4d"]
     assert set(record["results"][0]["eval_accuracy"]) == {"12", "24"}
+    assert [entry["step"] for entry in record["results"][0]["history"]] == [1, 2]
+    assert record["results"][0]["gated"] is True
+
+
+def test_tasks_command_no_gate(capsys, restore_threads):
+    args = _parser().parse_args(
+        ["tasks", "selective-copying", "--mixer", "s4d", "--no-gate", "--steps", "1", "--seq-len", "16",
+         "--batch-size", "2", "--eval-samples", "2", "--threads", "1", "--no-progress"]
+    )
+    assert args.handler(args) == 0
+    assert "s4d (no gate)" in capsys.readouterr().out
 
 
 def test_plot_writes_small_png(tmp_path, capsys, restore_threads):
@@ -89,8 +103,13 @@ def test_plot_writes_small_png(tmp_path, capsys, restore_threads):
     from mambakit.tasks.plot import main as plot_main
 
     files = []
-    for name, extra in [("selective-copying", ["--seq-len", "16"]), ("induction-heads", ["--seq-len", "8"])]:
-        path = tmp_path / f"{name}.json"
+    runs = [
+        ("selective-copying", ["--seq-len", "16"]),
+        ("selective-copying", ["--seq-len", "16", "--no-gate"]),
+        ("induction-heads", ["--seq-len", "8"]),
+    ]
+    for index, (name, extra) in enumerate(runs):
+        path = tmp_path / f"{index}-{name}.json"
         args = _parser().parse_args(
             ["tasks", name, "--steps", "1", "--batch-size", "2", "--eval-samples", "2",
              "--eval-lengths", "", "--threads", "1", "--no-progress", "--json", str(path), *extra]
@@ -99,5 +118,8 @@ def test_plot_writes_small_png(tmp_path, capsys, restore_threads):
         files.append(str(path))
     image = tmp_path / "accuracy.png"
     assert plot_main([*files, "--out", str(image)]) == 0
-    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = image.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert image.stat().st_size < 150_000
+    # The two Selective Copying runs share a panel: two panels of 4.5 inches at 80 dpi.
+    assert int.from_bytes(data[16:20], "big") == 720
