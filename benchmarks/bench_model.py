@@ -31,6 +31,7 @@ runs; it is an estimate, because the allocator may reuse memory freed earlier.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import statistics
@@ -241,13 +242,23 @@ def _decode_seconds_per_token(name, module, batch, context, steps) -> float:
             for _ in range(steps):
                 _, caches = module.step(token, caches)
             return (time.perf_counter() - start) / steps
-        # transformers: time generate() for steps + 1 new tokens minus generate() for 1.
-        def generate(count):
-            begin = time.perf_counter()
-            module.generate(prompt, max_new_tokens=count, min_new_tokens=count, do_sample=False, pad_token_id=0)
-            return time.perf_counter() - begin
-        generate(2)
-        return (generate(steps + 1) - generate(1)) / steps
+        # transformers: cached forward calls, one token each, as generate() makes them. Timing
+        # generate() for n + 1 tokens minus generate() for 1 left the prefill's noise in the
+        # difference, which went negative after a 1024-token prompt.
+        # transformers 5.x names the cache argument and output "cache". Earlier versions use
+        # "cache_params", which 5.x still accepts with a deprecation warning.
+        key = "cache" if "cache" in inspect.signature(module.forward).parameters else "cache_params"
+
+        def forward(ids, cache, position):
+            output = module(ids, use_cache=True, cache_position=torch.tensor([position]), **{key: cache})
+            return output[key]
+
+        cache = module(prompt, use_cache=True)[key]
+        cache = forward(token[:, None], cache, context)
+        start = time.perf_counter()
+        for position in range(context + 1, context + 1 + steps):
+            cache = forward(token[:, None], cache, position)
+        return (time.perf_counter() - start) / steps
 
 
 def run_decode(names: list[str], repeats: int, steps: int) -> list[dict]:

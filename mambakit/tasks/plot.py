@@ -33,7 +33,9 @@ def plot_results(records: list[dict], path: str | Path) -> None:
     panels: dict[tuple[str, int], tuple[dict, list[dict]]] = {}
     for record in records:
         task = record["task"]
-        panels.setdefault((task["name"], task["seq_len"]), (task, []))[1].extend(record["results"])
+        seed = record.get("settings", {}).get("seed")
+        results = [{**result, "seed": seed} for result in record["results"]]
+        panels.setdefault((task["name"], task["seq_len"]), (task, []))[1].extend(results)
 
     figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
     for axis, (task, results) in zip(axes[0], panels.values()):
@@ -49,7 +51,8 @@ def plot_results(records: list[dict], path: str | Path) -> None:
         steps = sorted({result["steps"] for result in results})
         steps_text = "/".join(map(str, steps))
         axis.set_title(f"{task['name']}, trained at {task['seq_len']} ({steps_text} steps)", fontsize=10)
-        axis.legend(fontsize=8, loc="lower left")
+        # Line panels keep the middle free: the curves sit near 1 and near chance.
+        axis.legend(fontsize=8, loc="center left" if task["name"] == "induction-heads" else "lower left")
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=DPI)
@@ -72,16 +75,24 @@ def _plot_bars(axis, results: list[dict]) -> None:
         axis.text(bar.get_x() + bar.get_width() / 2, value + 0.02, f"{value:.2f}", ha="center", fontsize=9)
 
 
+MARKERS = "osD^v<>p"
+
+
 def _plot_lengths(axis, results: list[dict]) -> None:
-    for result in results:
+    # Several runs of one model, such as seeds, get the same color and their own markers.
+    labels = [_label(result).replace("\n", " ") for result in results]
+    repeated = len(set(labels)) < len(labels)
+    for index, (result, label) in enumerate(zip(results, labels)):
+        if repeated:
+            label = f"{label}, seed {result['seed']}, {result['steps']} steps"
         # JSON stores the dictionary keys as strings.
         points = sorted((int(length), value) for length, value in result["eval_accuracy"].items())
         lengths = [length for length, _ in points]
         values = [value for _, value in points]
         style = "-" if result.get("gated", True) else "--"
         axis.plot(
-            lengths, values, style, marker="o", color=COLORS.get(result["mixer"], "gray"),
-            label=_label(result).replace("\n", " "),
+            lengths, values, style, marker=MARKERS[index % len(MARKERS)] if repeated else "o",
+            color=COLORS.get(result["mixer"], "gray"), label=label,
         )
     axis.set_xscale("log", base=2)
     axis.set_xlabel("evaluation length")

@@ -33,7 +33,9 @@ def test_tasks_parser_defaults():
     assert args.steps == defaults.steps
     assert args.seq_len == defaults.seq_len
     assert args.eval_lengths == list(defaults.eval_lengths)
-    assert max(args.eval_lengths) == 4096
+    # Induction Heads is evaluated at 16 and 32 times its training length.
+    assert max(args.eval_lengths) == 32 * args.seq_len
+    assert args.weight_decay == defaults.weight_decay
     assert args.seed == 0
     assert callable(args.handler)
 
@@ -107,6 +109,7 @@ def test_plot_writes_small_png(tmp_path, capsys, restore_threads):
         ("selective-copying", ["--seq-len", "16"]),
         ("selective-copying", ["--seq-len", "16", "--no-gate"]),
         ("induction-heads", ["--seq-len", "8"]),
+        ("induction-heads", ["--seq-len", "8", "--seed", "1"]),
     ]
     for index, (name, extra) in enumerate(runs):
         path = tmp_path / f"{index}-{name}.json"
@@ -121,5 +124,5 @@ def test_plot_writes_small_png(tmp_path, capsys, restore_threads):
     data = image.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert image.stat().st_size < 150_000
-    # The two Selective Copying runs share a panel: two panels of 4.5 inches at 80 dpi.
+    # Runs of the same task and length share a panel: two panels of 4.5 inches at 80 dpi.
     assert int.from_bytes(data[16:20], "big") == 720
