@@ -30,6 +30,17 @@ from mambakit.ops.selective_scan import selective_scan, selective_state_update
 FP32_PARAMETERS = ("A_log", "D", "dt_proj.bias")
 
 
+def split_gate(projected: torch.Tensor, gated: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Split an ``in_proj`` output into x and the gate input z, (..., d) each.
+
+    An ungated mixer's projection is x alone, and z is None.
+    """
+    if not gated:
+        return projected, None
+    x, z = projected.chunk(2, dim=-1)
+    return x, z
+
+
 class MambaMixer(nn.Module):
     """Selective SSM mixer of one residual block."""
 
@@ -79,14 +90,6 @@ class MambaMixer(nn.Module):
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         self.dt_proj.bias._no_reinit = True
 
-    def _project_input(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return x and the gate input z, (..., d) each; z is None for an ungated mixer."""
-        projected = self.in_proj(hidden_states)
-        if not self.gated:
-            return projected, None
-        x, z = projected.chunk(2, dim=-1)
-        return x, z
-
     def _split_projection(self, x: torch.Tensor):
         """Project x to (dt before bias, B, C): shapes (..., d), (..., n), (..., n)."""
         config = self.config
@@ -115,7 +118,7 @@ class MambaMixer(nn.Module):
         Returns:
             (b, l, m).
         """
-        x, z = self._project_input(hidden_states)  # (b, l, d) each, z None if ungated
+        x, z = split_gate(self.in_proj(hidden_states), self.gated)  # (b, l, d) each
         mask = None if attention_mask is None else attention_mask[:, :, None].to(x.dtype)
         if mask is not None:
             x = x * mask
@@ -168,7 +171,7 @@ class MambaMixer(nn.Module):
             (b, m).
         """
         window, state = cache
-        x, z = self._project_input(hidden_states)  # (b, d) each, z None if ungated
+        x, z = split_gate(self.in_proj(hidden_states), self.gated)  # (b, d) each
         x = causal_conv1d_step(x, window, self.conv1d.weight[:, 0, :], self.conv1d.bias, backend=backend)
         dt, B, C = self._split_projection(x)
         A = self._decode_state_matrix()

@@ -384,11 +384,11 @@ def causal_conv1d_step_cpu(
             f"{tuple(window.shape)}, got {tuple(x.shape)} and {tuple(weight.shape)}"
         )
     # Copies of the parameters, not views: a numpy view would pin the storage that FSDP frees.
-    bias_array = bias.detach().numpy().copy() if bias is not None else np.zeros(channels, dtype=window.numpy().dtype)
+    bias_filled = bias.detach().clone() if bias is not None else torch.zeros(channels, dtype=dtype)
     out = torch.empty(batch, channels, dtype=dtype)
     with _threads_for(batch * channels * width):
         _conv_step_kernel(
-            x.detach().numpy(), window.detach().numpy(), weight.detach().numpy().copy(), bias_array,
+            x.detach().numpy(), window.detach().numpy(), weight.detach().numpy().copy(), bias_filled.numpy(),
             bool(activation), CHANNEL_BLOCK, out.numpy(),
         )  # fmt: skip
     return out

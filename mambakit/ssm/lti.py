@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mambakit.modules.mixer import split_gate
 from mambakit.ssm.discretization import discretize_diagonal
 from mambakit.ssm.hippo import S4D_INITS, s4d_init
 
@@ -396,8 +397,7 @@ class S4DMixer(nn.Module):
                 f"got {tuple(hidden_states.shape)}"
             )
 
-        projected = self.in_proj(hidden_states)
-        x, z = projected.chunk(2, dim=-1) if self.gated else (projected, None)  # (b, l, d) each
+        x, z = split_gate(self.in_proj(hidden_states), self.gated)  # (b, l, d) each
         mask = None if attention_mask is None else attention_mask[:, :, None].to(x.dtype)
         if mask is not None:
             x = x * mask

@@ -75,6 +75,40 @@ def parse_lengths(text: str) -> list[int]:
     return lengths
 
 
+def positive_int(text: str) -> int:
+    """Parse a whole number of at least 1, for counts and sizes such as ``--steps``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"value must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Parse a number above 0, such as a learning rate."""
+    value = _parse_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"value must be above 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """Parse a number of at least 0, such as a weight decay."""
+    value = _parse_float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"value must be 0 or more, got {text}")
+    return value
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+
+
 def add_tasks_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``tasks`` command and its task subcommands to ``subparsers``; return ``tasks``."""
     tasks = subparsers.add_parser(
@@ -88,11 +122,11 @@ def add_tasks_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
             help="sequence mixer: selective (mamba), LTI (s4d) or both in turn (default both)",
         )
         command.add_argument(
-            "--steps", type=int, default=defaults.steps,
+            "--steps", type=positive_int, default=defaults.steps,
             help=f"optimizer steps per mixer, one fresh batch each (default {defaults.steps})",
         )
         command.add_argument(
-            "--seq-len", type=int, default=defaults.seq_len,
+            "--seq-len", type=positive_int, default=defaults.seq_len,
             help=f"training length in tokens; the context length for selective copying "
             f"(default {defaults.seq_len})",
         )
@@ -103,28 +137,28 @@ def add_tasks_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
             f"length (default {','.join(map(str, defaults.eval_lengths)) or 'none'})",
         )
         command.add_argument(
-            "--batch-size", type=int, default=defaults.batch_size,
+            "--batch-size", type=positive_int, default=defaults.batch_size,
             help=f"sequences per step (default {defaults.batch_size})",
         )
         command.add_argument(
-            "--lr", type=float, default=defaults.lr, help=f"peak AdamW learning rate (default {defaults.lr})"
+            "--lr", type=positive_float, default=defaults.lr, help=f"peak AdamW learning rate (default {defaults.lr})"
         )
         command.add_argument(
-            "--eval-samples", type=int, default=256, help="held-out sequences per length (default 256)"
+            "--eval-samples", type=positive_int, default=256, help="held-out sequences per length (default 256)"
         )
         command.add_argument(
             "--no-gate", action="store_true",
             help="drop the mixers' gate branch, as in the 'no gate' rows of the Mamba paper (Gu and Dao, 2023)",
         )
         command.add_argument(
-            "--weight-decay", type=float, default=defaults.weight_decay,
+            "--weight-decay", type=non_negative_float, default=defaults.weight_decay,
             help="AdamW weight decay of the weight matrices; A, D, Δ, biases and norms get none "
             f"(default {defaults.weight_decay})",
         )
-        command.add_argument("--d-model", type=int, default=64, help="model width (default 64)")
-        command.add_argument("--n-layer", type=int, default=2, help="residual blocks (default 2)")
+        command.add_argument("--d-model", type=positive_int, default=64, help="model width (default 64)")
+        command.add_argument("--n-layer", type=positive_int, default=2, help="residual blocks (default 2)")
         command.add_argument(
-            "--log-every", type=int, default=None,
+            "--log-every", type=positive_int, default=None,
             help="steps between learning-curve entries, logged with -v and kept in --json "
             "(default: about 50 per run)",
         )

@@ -63,6 +63,21 @@ def test_tasks_parser_rejects_bad_values(capsys):
         _parser().parse_args(["tasks"])
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("--steps", "0", "value must be at least 1, got 0"), ("--log-every", "-5", "value must be at least 1, got -5"),
+     ("--d-model", "wide", "invalid whole number 'wide'"), ("--lr", "0", "value must be above 0, got 0"),
+     ("--weight-decay", "-1", "value must be 0 or more, got -1"), ("--weight-decay", "nan", "value must be 0 or more"),
+     ("--lr", "fast", "invalid number 'fast'")],
+)
+def test_tasks_parser_rejects_bad_numbers(capsys, option, value, message):
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["tasks", "selective-copying", option, value])
+    error = capsys.readouterr().err
+    assert option in error
+    assert message in error
+
+
 def test_parse_lengths_rejects_zero():
     with pytest.raises(argparse.ArgumentTypeError, match="length must be positive, got 0"):
         parse_lengths("0")
